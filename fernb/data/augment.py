@@ -1,0 +1,86 @@
+"""Batched, device-resident augmentation (no per-sample PIL in the training loop).
+
+`to_input` turns a uint8 batch into the network's input: float in [0, 1], then normalized to [-1, 1].
+`weak` is a per-sample random resized crop + horizontal flip done as one `affine_grid`/`grid_sample` call on the
+whole batch: torchvision's v2 transforms draw *one* set of parameters per call, so applied to a batch they would
+crop every image the same way. `strong` is `weak` followed by torchvision.transforms.v2.RandAugment, applied per
+group of `group_size` images (each group draws its own ops) so a batch still sees many different ops at a small
+fraction of the per-sample cost.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.nn import functional as F
+from torchvision.transforms import v2
+
+MEAN, STD = 0.5, 0.5
+
+
+def to_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> normalized float input; float input in [0, 1] is normalized only."""
+    x = images.float().div_(255.0) if images.dtype == torch.uint8 else images
+    return (x - MEAN) / STD
+
+
+def from_input(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of `to_input` for display: normalized float -> [0, 1]."""
+    return (x * STD + MEAN).clamp(0, 1)
+
+
+def weak(x: torch.Tensor, scale=(0.75, 1.0), ratio=(0.9, 1.1), flip: float = 0.5,
+         generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-sample random resized crop (area fraction `scale`, aspect `ratio`) + horizontal flip, batched.
+
+    x: float (B, C, H, W) in [0, 1]. The crop is expressed as an affine map of the output grid onto the input, so
+    crop, resize and flip cost one interpolation for the whole batch.
+    """
+    b = x.shape[0]
+    dev = x.device
+    rand = lambda *s: torch.rand(*s, generator=generator, device="cpu").to(dev)
+    area = scale[0] + (scale[1] - scale[0]) * rand(b)
+    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * rand(b)
+    aspect = torch.exp(log_r)
+    sx = torch.sqrt(area * aspect).clamp(max=1.0)      # half-extent of the crop in normalized coordinates
+    sy = torch.sqrt(area / aspect).clamp(max=1.0)
+    tx = (1 - sx) * (2 * rand(b) - 1)                  # keep the crop inside the image
+    ty = (1 - sy) * (2 * rand(b) - 1)
+    sign = torch.where(rand(b) < flip, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3, device=dev)
+    theta[:, 0, 0] = sx * sign
+    theta[:, 0, 2] = tx
+    theta[:, 1, 1] = sy
+    theta[:, 1, 2] = ty
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+class Strong:
+    """weak + RandAugment(num_ops, magnitude), one draw of ops per group of `group_size` images."""
+
+    def __init__(self, num_ops: int = 2, magnitude: int = 9, group_size: int = 16):
+        self.randaugment = v2.RandAugment(num_ops=num_ops, magnitude=magnitude)
+        self.group_size = group_size
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = weak(x)
+        x8 = (x * 255).round_().to(torch.uint8)  # RandAugment's colour ops are defined on uint8 ranges
+        out = torch.cat([self.randaugment(chunk) for chunk in x8.split(self.group_size)])
+        return out.float().div_(255.0)
+
+
+def strong(x: torch.Tensor) -> torch.Tensor:
+    return _STRONG(x)
+
+
+_STRONG = Strong()
+
+
+def get(name):
+    """Augmentation by name: None/'none', 'weak', 'strong', or a callable passed through."""
+    if name is None or name == "none":
+        return None
+    if callable(name):
+        return name
+    return {"weak": weak, "strong": strong}[name]
