@@ -1,0 +1,7 @@
+"""Losses the papers train with: SupCon / NT-Xent (FUCLE Eq. 1) and the DRM losses (FUCLE Eq. 3-5)."""
+from .contrastive import nt_xent_loss, supcon_loss
+from .drm import (drm_loss, high_group_size, high_importance_mask, rank_regularization_loss,
+                  weighted_cross_entropy)
+
+__all__ = ["supcon_loss", "nt_xent_loss", "weighted_cross_entropy", "rank_regularization_loss", "drm_loss",
+           "high_group_size", "high_importance_mask"]
