@@ -116,7 +116,8 @@ def fit(model: nn.Module, train: FERDataset, *, val: FERDataset | None = None, e
     """Train `model` on the labeled rows of `train` (label >= 0).
 
     loss_fn(model, x, y, index) -> (loss, logits) lets a method swap the objective (DRM, SupCon ...) while keeping
-    the loop, checkpointing and metrics; `extra_modules` are trained alongside (heads the loss uses).
+    the loop, checkpointing and metrics (logits may be None, then train accuracy is not recorded);
+    `extra_modules` are trained alongside (heads the loss uses).
     callbacks(epoch, history) run after each epoch's checkpoint; raising from one stops the run (tests use this to
     simulate a kill). Returns the History; the model is left in eval mode on `device`.
     """
@@ -165,6 +166,7 @@ def fit(model: nn.Module, train: FERDataset, *, val: FERDataset | None = None, e
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         seen = 0
+        predicted = False
         batches = order[: steps_per_epoch * batch_size].view(steps_per_epoch, batch_size)
         bar = tqdm(batches, desc=f"{desc} {epoch + 1}/{epochs}", leave=False, disable=not progress)
         for index in bar:
@@ -179,11 +181,13 @@ def fit(model: nn.Module, train: FERDataset, *, val: FERDataset | None = None, e
             if sched is not None:
                 sched.step()
             loss_sum += loss.detach() * len(index)
-            correct += (logits.detach().argmax(1) == y).sum()
+            if logits is not None:  # a representation-learning loss (SupCon) has no class predictions
+                correct += (logits.detach().argmax(1) == y).sum()
+                predicted = True
             seen += len(index)
         history.epoch.append(epoch + 1)
         history.train_loss.append(float(loss_sum) / seen)
-        history.train_acc.append(float(correct) / seen)
+        history.train_acc.append(float(correct) / seen if predicted else None)
         history.lr.append(opt.param_groups[0]["lr"])
         if val is not None:
             metrics = evaluate(model, val, device=device)

@@ -1,0 +1,41 @@
+# Two commands do all the set-up on a fresh machine with Python 3.10+:
+#   make reproduce [PROFILE=smoke|cpu|gpu|paper]   bootstrap, build the SynthFER cache, execute every notebook
+#   make test                                      bootstrap, then pytest (unit tests + notebook smoke runs)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.fernb-installed
+PROFILE ?=
+PROFILE_ARG := $(if $(PROFILE),--profile $(PROFILE),)
+
+.PHONY: reproduce test bootstrap cache benchmarks clean-cache
+
+bootstrap: $(STAMP)
+
+# Re-runs when pyproject.toml changes. torch and torchvision are installed together from PyPI, unpinned
+# (a pin on torch alone can pick a CPU wheel that no PyPI torchvision matches).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch torchvision
+	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name fernb --display-name "Python (fernb)"
+	touch $(STAMP)
+
+cache: bootstrap
+	$(PY) -m fernb cache $(PROFILE_ARG)
+
+reproduce: cache
+	$(PY) -m fernb run $(PROFILE_ARG)
+
+test: bootstrap
+	$(PY) -m pytest -q
+
+benchmarks: bootstrap
+	$(PY) benchmarks/bench_synthfer.py
+	$(PY) benchmarks/bench_data_pipeline.py
+	$(PY) benchmarks/bench_engine_overhead.py
+	$(PY) benchmarks/bench_active_query.py
+
+clean-cache:
+	rm -rf data/cache data/checkpoints

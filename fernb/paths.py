@@ -1,0 +1,23 @@
+"""Where things are written: figures/<notebook>/ (FERNB_FIGURES redirects it, as test runs do)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def figures_root() -> Path:
+    return Path(os.environ.get("FERNB_FIGURES") or REPO / "figures")
+
+
+def figure_dir(notebook: str) -> Path:
+    path = figures_root() / notebook
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def checkpoint_dir() -> Path:
+    path = Path(os.environ.get("FERNB_CHECKPOINTS") or REPO / "data" / "checkpoints")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
