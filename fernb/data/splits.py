@@ -37,6 +37,16 @@ def label_fraction_mask(labels, fraction: float, seed: int = 0) -> torch.Tensor:
     sss = StratifiedShuffleSplit(n_splits=1, train_size=n_keep, random_state=seed)
     keep, _ = next(sss.split(np.zeros(len(y)), y))
     mask[torch.from_numpy(keep)] = True
+    # StratifiedShuffleSplit rounds a rare class down to zero rows at tiny fractions; swap one of its rows in for a
+    # row of the most-picked class so every class keeps a label and the size stays n_keep.
+    rng = np.random.default_rng(seed)
+    picked = mask.numpy()
+    for c in np.unique(y):
+        if not picked[y == c].any():
+            present, counts = np.unique(y[picked], return_counts=True)
+            donor = present[counts.argmax()]
+            picked[rng.choice(np.flatnonzero(picked & (y == donor)))] = False
+            picked[rng.choice(np.flatnonzero(y == c))] = True
     return mask
 
 

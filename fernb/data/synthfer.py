@@ -531,6 +531,8 @@ def synthfer(split: str = "train", n: int | None = None, *, size: int = 64, chan
     domain: "default", "A" (posed, studio-like) or "B" (in-the-wild-like); A and B draw from other identities.
     """
     if split == "web":
+        if domain != "default":  # the web pool is drawn from the default domain; say so rather than ignore it
+            raise ValueError(f"the SynthFER web pool has only the default domain, got domain={domain!r}")
         return synthfer_web(n, size=size, channels=channels, num_classes=num_classes, seed=seed, cache=cache,
                             cache_dir=cache_dir)
     if split not in SPLIT_IDS:

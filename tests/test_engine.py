@@ -1,0 +1,148 @@
+"""fernb.engine (fit / evaluate / checkpoint + resume / metrics) and fernb.data.augment on tiny data."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from fernb import engine, models
+from fernb.data import augment as aug
+from fernb.data import synthfer as S
+from fernb.data.dataset import UNLABELED
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return S.synthfer("train", 256, size=48, cache=False, seed=3)
+
+
+@pytest.fixture(scope="module")
+def initial_model():
+    torch.manual_seed(0)
+    return models.create("resnet_mini", 7)
+
+
+class Killed(RuntimeError):
+    pass
+
+
+def _kill_after(epoch_index):
+    def callback(epoch, history):
+        if epoch == epoch_index:
+            raise Killed(f"simulated kill after epoch {epoch}")
+    return callback
+
+
+FIT = dict(epochs=4, batch_size=64, lr=3e-3, augment="weak", device="cpu", seed=7, progress=False)
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(tiny, initial_model, tmp_path):
+    ckpt_a, ckpt_b = tmp_path / "a.pt", tmp_path / "b.pt"
+    model_a = copy.deepcopy(initial_model)
+    hist_a = engine.fit(model_a, tiny, checkpoint=ckpt_a, **FIT)
+
+    model_b = copy.deepcopy(initial_model)
+    with pytest.raises(Killed):
+        engine.fit(model_b, tiny, checkpoint=ckpt_b, callbacks=(_kill_after(1),), **FIT)
+    state = torch.load(ckpt_b, weights_only=True)
+    assert state["epoch"] == 1 and len(state["history"]["train_loss"]) == 2
+    # a restarted process builds a fresh model; everything else comes from the checkpoint
+    model_c = copy.deepcopy(initial_model)
+    hist_c = engine.fit(model_c, tiny, checkpoint=ckpt_b, resume=True, **FIT)
+
+    assert hist_c.epoch == hist_a.epoch == [1, 2, 3, 4]
+    assert hist_c.train_loss == hist_a.train_loss
+    assert hist_c.train_acc == hist_a.train_acc
+    assert hist_c.lr == hist_a.lr
+    sd_a, sd_c = model_a.state_dict(), model_c.state_dict()
+    assert sd_a.keys() == sd_c.keys()
+    for key in sd_a:
+        assert torch.equal(sd_a[key], sd_c[key]), key
+    # and training did something: weights moved away from the initialization
+    assert not torch.equal(sd_a["fc.weight"], initial_model.state_dict()["fc.weight"])
+
+    # the checkpoint is plain tensors and containers: loadable with weights_only=True, and by models.create
+    final = torch.load(ckpt_a, weights_only=True)
+    assert final["epoch"] == 3
+    assert set(final) >= {"model", "optimizer", "scheduler", "history", "epoch"}
+    reloaded = models.create("resnet_mini", 7, checkpoint=ckpt_a)
+    for key, value in reloaded.state_dict().items():
+        assert torch.equal(value, sd_a[key]), key
+
+    # resuming a finished run trains no further
+    model_d = copy.deepcopy(initial_model)
+    hist_d = engine.fit(model_d, tiny, checkpoint=ckpt_a, resume=True, **FIT)
+    assert hist_d.train_loss == hist_a.train_loss
+    assert torch.equal(model_d.state_dict()["fc.weight"], sd_a["fc.weight"])
+
+
+def test_metrics_from_predictions_by_hand():
+    pred = torch.tensor([0, 1, 1, 2, 2, 2, 0, 3])
+    target = torch.tensor([0, 1, 2, 2, 2, 0, UNLABELED, UNLABELED])
+    m = engine.metrics_from_predictions(pred, target, num_classes=4)
+    # rows kept: (0,0) (1,1) (2->1) (2,2) (2,2) (0->2): 4 of 6 correct
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    # per class: neutral 1/2, happiness 1/1, sadness 2/3; class 3 has no support and is left out of the mean
+    assert m["mean_class_accuracy"] == pytest.approx((1 / 2 + 1 + 2 / 3) / 3)
+    expected = np.array([[1, 0, 1, 0], [0, 1, 0, 0], [0, 1, 2, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(m["confusion"], expected)
+    assert m["per_class_accuracy"][:3] == pytest.approx([0.5, 1.0, 2 / 3])
+
+
+def test_evaluate_returns_probabilities(tiny, initial_model):
+    data = tiny.subset(torch.arange(40))
+    out = engine.evaluate(copy.deepcopy(initial_model), data, batch_size=16, device="cpu")
+    probs = out["probs"]
+    assert probs.shape == (40, 7)
+    assert torch.allclose(probs.sum(1), torch.ones(40), atol=1e-5)
+    assert (probs >= 0).all()
+    assert torch.equal(out["predictions"], probs.argmax(1))
+    assert out["accuracy"] == pytest.approx(float((out["predictions"] == data.labels).float().mean()))
+    assert out["confusion"].sum() == 40
+
+
+def test_fit_without_labeled_rows_raises(tiny, initial_model):
+    hidden = tiny.with_labels(torch.full_like(tiny.labels, UNLABELED))
+    with pytest.raises(ValueError, match="no labeled rows"):
+        engine.fit(copy.deepcopy(initial_model), hidden, epochs=1, device="cpu", progress=False)
+
+
+# ---- augmentation -----------------------------------------------------------------------------------------------
+def test_weak_keeps_shape_and_range_and_differs_per_sample():
+    g = torch.Generator().manual_seed(0)
+    one = torch.rand(1, 3, 48, 48, generator=g)
+    x = one.repeat(6, 1, 1, 1)
+    y = aug.weak(x, generator=torch.Generator().manual_seed(1))
+    assert y.shape == x.shape and y.dtype == torch.float32
+    assert y.min() >= 0 and y.max() <= 1
+    # identical inputs, different crops/flips out
+    for i in range(1, 6):
+        assert not torch.allclose(y[0], y[i], atol=1e-3)
+    # seeded: the same generator state gives the same batch
+    assert torch.equal(y, aug.weak(x, generator=torch.Generator().manual_seed(1)))
+
+
+def test_weak_full_crop_flip_is_an_exact_mirror():
+    x = torch.rand(4, 3, 48, 40, generator=torch.Generator().manual_seed(2))
+    flipped = aug.weak(x, scale=(1, 1), ratio=(1, 1), flip=1.0)
+    assert torch.allclose(flipped, torch.flip(x, dims=[-1]), atol=1e-5)
+    same = aug.weak(x, scale=(1, 1), ratio=(1, 1), flip=0.0)
+    assert torch.allclose(same, x, atol=1e-5)
+
+
+def test_strong_keeps_shape_and_range():
+    torch.manual_seed(0)
+    x = torch.rand(20, 3, 48, 48)
+    y = aug.Strong(group_size=8)(x)
+    assert y.shape == x.shape and y.dtype == torch.float32
+    assert y.min() >= 0 and y.max() <= 1
+    assert not torch.allclose(y, x, atol=1e-2)
+    assert aug.strong(x).shape == x.shape
+
+
+def test_to_input_round_trip():
+    x8 = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    z = aug.to_input(x8)
+    assert z.min() >= -1 and z.max() <= 1
+    assert torch.allclose(aug.from_input(z), x8.float() / 255, atol=1e-6)
+    assert aug.get(None) is None and aug.get("weak") is aug.weak

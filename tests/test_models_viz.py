@@ -1,0 +1,181 @@
+"""Backbones (fernb.models), figures and Grad-CAM (fernb.viz), and the scorecard (fernb.scorecard)."""
+import json
+import math
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+
+from fernb import models, viz
+from fernb.data.dataset import FERDataset
+from fernb.data.labels import CLASSES_7
+from fernb.engine import History
+from fernb.scorecard import VERDICTS, Scorecard, verdict
+
+SLOW = {"resnet50", "vit_base", "vit_small"}
+FAST = [name for name in models.available() if name not in SLOW]
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def _create(name, num_classes=7, in_chans=3, img_size=48):
+    torch.manual_seed(0)
+    kwargs = {"img_size": img_size} if name.startswith("vit") else {}
+    return models.create(name, num_classes, in_chans=in_chans, **kwargs).eval()
+
+
+# ---- models -----------------------------------------------------------------------------------------------------
+def test_fast_models_are_listed():
+    assert {"resnet18", "resnet_mini", "vit_tiny", "vit_mini"} <= set(FAST)
+
+
+@pytest.mark.parametrize("name", FAST)
+@pytest.mark.parametrize("in_chans", [1, 3])
+def test_features_and_logits_convention(name, in_chans):
+    size = 64 if name == "vit_tiny" else 48  # patch 16 needs a multiple of 16
+    model = _create(name, 7, in_chans, img_size=size)
+    x = torch.randn(2, in_chans, size, size)
+    with torch.no_grad():
+        emb, logits = models.features_and_logits(model, x)
+        direct = model(x)
+    assert emb.shape == (2, model.num_features)
+    assert logits.shape == (2, 7)
+    assert torch.allclose(logits, direct, atol=1e-5)
+    assert model.fernb_name == name
+    assert models.count_parameters(model) > 0
+
+
+def test_create_rejects_unknown_name():
+    with pytest.raises(ValueError, match="unknown model 'resnet9000'"):
+        models.create("resnet9000", 7)
+
+
+def test_load_checkpoint_missing_file(tmp_path):
+    model = _create("resnet_mini")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        models.load_checkpoint(model, tmp_path / "nope.pt")
+    with pytest.raises(FileNotFoundError):
+        models.create("resnet_mini", 7, checkpoint=tmp_path / "nope.pt")
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_checkpoint_round_trip(tmp_path, wrapped):
+    source = _create("resnet_mini")
+    state = source.state_dict()
+    path = tmp_path / "weights.pt"
+    torch.save({"model": state, "epoch": 3} if wrapped else state, path)
+    torch.manual_seed(123)  # a different initialization, overwritten by the checkpoint
+    target = models.create("resnet_mini", 7, checkpoint=path)
+    for key, value in target.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    fresh = models.create("resnet_mini", 7)
+    assert not torch.equal(fresh.state_dict()["fc.weight"], state["fc.weight"])
+    models.load_checkpoint(fresh, path)
+    assert torch.equal(fresh.state_dict()["fc.weight"], state["fc.weight"])
+
+
+# ---- Grad-CAM ---------------------------------------------------------------------------------------------------
+def _uint8_images(n=3, size=48, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+
+
+@pytest.mark.parametrize("name", ["resnet_mini", "vit_mini"])
+def test_gradcam_maps(name):
+    model = _create(name, img_size=48)
+    images = _uint8_images()
+    maps = viz.gradcam(model, images)
+    assert maps.shape == (3, 48, 48)
+    assert torch.isfinite(maps).all()
+    assert maps.min() >= 0 and maps.max() <= 1 + 1e-6
+    targeted = viz.gradcam(model, images, targets=[0, 1, 2])
+    assert targeted.shape == (3, 48, 48)
+
+
+def test_vit_reshape_transform():
+    tokens = torch.arange(2 * (1 + 36) * 5, dtype=torch.float32).view(2, 37, 5)
+    fmap = viz.vit_reshape_transform(tokens)
+    assert fmap.shape == (2, 5, 6, 6)
+    assert torch.equal(fmap[:, :, 0, 1], tokens[:, 2, :])  # token 1 (after the class token) -> row 0, column 1
+    layers, transform = viz.gradcam_target_layers(_create("vit_mini"))
+    assert transform is not None and len(layers) == 1
+    layers, transform = viz.gradcam_target_layers(_create("resnet_mini"))
+    assert transform is None
+    with pytest.raises(ValueError, match="target layer"):
+        viz.gradcam_target_layers(torch.nn.Linear(2, 2))
+
+
+# ---- plots and saving -------------------------------------------------------------------------------------------
+def _toy_dataset(n=14):
+    images = _uint8_images(n)
+    labels = torch.arange(n) % 7
+    clean = labels.clone()
+    clean[0] = 3
+    boxes = torch.tensor([[4.0, 4.0, 40.0, 44.0]]).repeat(n, 1)
+    return FERDataset(images=images, labels=labels, clean_labels=clean, boxes=boxes, classes=CLASSES_7)
+
+
+def test_plot_functions_return_figures():
+    data = _toy_dataset()
+    confusion = np.arange(49).reshape(7, 7)
+    history = History(epoch=[1, 2], train_loss=[1.0, 0.5], train_acc=[0.3, 0.5], val_acc=[0.2, 0.4])
+    figures = [
+        viz.plot_confusion(confusion, CLASSES_7, title="cm"),
+        viz.plot_confusions({"a": confusion, "b": confusion.T}, CLASSES_7),
+        viz.plot_history({"run": history, "dict": history.as_dict()}),
+        viz.plot_image_grid(data.images, data.labels, data.classes, clean_labels=data.clean_labels,
+                            boxes=data.boxes, ncols=5),
+        viz.plot_image_grid(data.images[:3], titles=["x", "y", "z"]),
+        viz.plot_gradcam_grid(_create("resnet_mini"), data, [0, 1, 2, 3], ncols=4),
+    ]
+    for fig in figures:
+        assert isinstance(fig, matplotlib.figure.Figure)
+        assert fig.axes
+    # a wrong label is titled in red with the true class beside it
+    title = figures[3].axes[0].title
+    assert "true" in title.get_text() and title.get_color() == "red"
+
+
+def test_save_writes_png_under_fernb_figures(tmp_path, monkeypatch):
+    monkeypatch.setenv("FERNB_FIGURES", str(tmp_path))
+    fig = viz.plot_confusion(np.eye(7), CLASSES_7)
+    path = viz.save(fig, "99_test_notebook", "confusion")
+    assert path == tmp_path / "99_test_notebook" / "confusion.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- scorecard --------------------------------------------------------------------------------------------------
+def test_scorecard_rejects_unknown_verdict():
+    card = Scorecard("99_test_notebook", "smoke", "synthfer")
+    with pytest.raises(ValueError, match="verdict"):
+        card.claim("x beats y", 0.9, 0.8, "mostly holds")
+    assert card.claims == []
+
+
+def test_scorecard_writes_json(tmp_path, monkeypatch):
+    monkeypatch.setenv("FERNB_FIGURES", str(tmp_path))
+    card = Scorecard("99_test_notebook", "smoke", "synthfer")
+    card.claim("x beats y", 0.9, torch.tensor(0.812345), verdict(True), "note")
+    card.claim("not measurable", None, float("nan"), verdict(None))
+    assert card.metric("accuracy", torch.tensor(0.4567891)) is not None
+    card.metric("gain", np.float64(0.1))
+    path = card.save()
+    assert path == tmp_path / "99_test_notebook" / "scorecard.json"
+    saved = json.loads(path.read_text())
+    assert saved["notebook"] == "99_test_notebook" and saved["profile"] == "smoke"
+    assert saved["metrics"] == {"accuracy": 0.4568, "gain": 0.1}
+    assert [c["verdict"] for c in saved["claims"]] == ["holds", "inconclusive"]
+    assert saved["claims"][0]["measured"] == 0.8123
+    assert saved["claims"][1]["measured"] is None  # NaN is written as null, keeping the file valid JSON
+    assert list(card.frame().columns) == ["claim", "paper", "measured", "verdict", "note"]
+
+
+def test_verdict_helper():
+    assert verdict(True) == "holds" and verdict(False) == "does not hold" and verdict(None) == "inconclusive"
+    assert set(VERDICTS) == {"holds", "does not hold", "inconclusive"}
