@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..data.dataset import FERDataset
+from ..engine import batch_input, resolve_device
 from ..losses.drm import drm_loss, high_group_size, high_importance_mask
 from ..models import AttentionWeight, features_and_logits
 
@@ -269,14 +270,12 @@ def _autocast(device: torch.device):
 def compute_alpha(drm: DRM, data: FERDataset, batch_size: int = 256, device=None) -> tuple[torch.Tensor,
                                                                                               torch.Tensor]:
     """(alpha (N,), logits (N, C)) for every sample of `data`, in eval mode, on the CPU."""
-    device = torch.device(device) if device is not None else next(drm.parameters()).device
+    device = resolve_device(device) if device is not None else next(drm.parameters()).device
     was_training = drm.training
     drm.eval()
     alphas, logits = [], []
     for index in torch.arange(len(data)).split(batch_size):
-        x = data.float_images(index.to(data.device), device)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = batch_input(data, index, device)  # the engine's normalization, so a DRM backbone fine-tunes as-is
         with _autocast(device):
             a, z = drm(x)
         alphas.append(a.float().cpu())
@@ -329,8 +328,7 @@ def train_drm(model: nn.Module, train: FERDataset, val: FERDataset | None = None
     if bool((train.labels < 0).any()):
         raise ValueError(f"{train.name}: DRM trains on labeled data, but some labels are -1 (unlabeled)")
     high_group_size(min(batch_size, len(train)), beta)      # fail early, with Eq. 4's message, on a bad beta / B
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available()
-                                                                          else "cpu")
+    device = resolve_device(device)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     drm = DRM(model, beta=beta, delta1=delta1, gamma=gamma).to(device)
@@ -362,11 +360,7 @@ def train_drm(model: nn.Module, train: FERDataset, val: FERDataset | None = None
         batches = _batches(n, batch_size, beta, generator)
         for index in batches:
             index_data = index.to(train.device)
-            x = train.float_images(index_data, device)
-            if augment is not None:
-                x = augment(x)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = batch_input(train, index_data, device, augment)
             y = labels[index_data].to(device)
             with _autocast(device):
                 loss, parts, alpha, logits = drm.loss(x, y)
