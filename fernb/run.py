@@ -22,6 +22,8 @@ from .paths import REPO
 NOTEBOOK_DIR = REPO / "notebooks"
 FLOORS = REPO / "tests" / "floors.json"
 KERNEL = "fernb"
+# A cell running longer than this fails the run with its name, instead of a hung kernel stalling CI.
+CELL_TIMEOUT = {"smoke": 600, "cpu": 1800, "gpu": 1800, "paper": 48 * 3600}
 
 
 def notebooks() -> list[Path]:
@@ -85,7 +87,8 @@ def execute(path: Path, profile: str, params: dict, output_dir: Path | None, ker
     status = {"notebook": path.stem, "profile": profile, "output": str(output)}
     try:
         pm.execute_notebook(str(path), str(output), parameters=parameters, kernel_name=kernel,
-                            cwd=str(path.parent), progress_bar=progress, log_output=False)
+                            cwd=str(path.parent), progress_bar=progress, log_output=False,
+                            execution_timeout=CELL_TIMEOUT[profile])
         status["ok"] = True
     except Exception as err:  # papermill raises PapermillExecutionError; keep the partial notebook and say where
         status["ok"] = False

@@ -10,6 +10,20 @@ from .data.labels import SHORT
 from .methods.drm import relabel
 
 
+def _png(fig) -> bytes:
+    """Render and close a figure, returning PNG bytes for an `ipywidgets.Image`.
+
+    The explorers show their figure through an Image widget rather than capturing `plt.show()` in an Output
+    widget: nbclient (papermill) stalls on large figures captured inside Output widgets, which would hang a
+    headless run."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def plot_au_faces(settings: dict, identity: int = 3, size: int = 112):
     """Static: one face per named AU setting ({title: {AU: intensity}})."""
     fig, axes = plt.subplots(1, len(settings), figsize=(1.9 * len(settings), 2.2))
@@ -33,17 +47,15 @@ def au_explorer(identity: int = 3, size: int = 160):
     yaw = W.FloatSlider(0.0, min=-40, max=40, step=2, description="yaw °", continuous_update=False)
     roll = W.FloatSlider(0.0, min=-25, max=25, step=1, description="roll °", continuous_update=False)
     preset = W.Dropdown(options=["(custom)"] + list(synthfer.PROTOTYPES), description="prototype")
-    out = W.Output()
+    out = W.Image(format="png", layout=W.Layout(width="300px"))
 
     def draw(*_):
-        with out:
-            out.clear_output(wait=True)
-            img = synthfer.render_face({k: s.value for k, s in sliders.items()}, identity=ident.value, size=size,
-                                       yaw_deg=yaw.value, roll_deg=roll.value)
-            fig, ax = plt.subplots(figsize=(3, 3))
-            ax.imshow(img.permute(1, 2, 0).numpy())
-            ax.axis("off")
-            plt.show()
+        img = synthfer.render_face({k: s.value for k, s in sliders.items()}, identity=ident.value, size=size,
+                                   yaw_deg=yaw.value, roll_deg=roll.value)
+        fig, ax = plt.subplots(figsize=(3, 3))
+        ax.imshow(img.permute(1, 2, 0).numpy())
+        ax.axis("off")
+        out.value = _png(fig)
 
     def apply_preset(change):
         if change["new"] in synthfer.PROTOTYPES:
@@ -96,10 +108,17 @@ def plot_relabel_batch(images, probs, labels, alpha, clean_labels, classes, beta
 def relabel_explorer(images, probs, labels, alpha, clean_labels, classes, beta=0.7):
     """Live: δ2 and β sliders over one batch; shows which samples get relabeled."""
     import ipywidgets as W
+    from IPython.display import display
 
-    def show(delta2, beta):
-        plot_relabel_batch(images, probs, labels, alpha, clean_labels, classes, beta=beta, delta2=delta2)
-        plt.show()
+    delta2 = W.FloatSlider(0.2, min=0, max=0.5, step=0.025, description="δ2", continuous_update=False)
+    beta_s = W.FloatSlider(beta, min=0.3, max=0.9, step=0.05, description="β", continuous_update=False)
+    out = W.Image(format="png")
 
-    return W.interact(show, delta2=W.FloatSlider(0.2, min=0, max=0.5, step=0.025, continuous_update=False),
-                      beta=W.FloatSlider(beta, min=0.3, max=0.9, step=0.05, continuous_update=False))
+    def draw(*_):
+        out.value = _png(plot_relabel_batch(images, probs, labels, alpha, clean_labels, classes, beta=beta_s.value,
+                                            delta2=delta2.value))
+
+    delta2.observe(draw, names="value")
+    beta_s.observe(draw, names="value")
+    draw()
+    display(W.VBox([W.HBox([delta2, beta_s]), out]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from .. import engine
@@ -31,8 +32,6 @@ def two_view_contrastive_step(head: nn.Module, temperature: float, use_labels: b
         images = aug.from_input(x)
         views = [aug.to_input(view_augment(images)) for _ in range(2)]
         z = [head(model.forward_head(model.forward_features(v), pre_logits=True)) for v in views]
-        import torch
-
         feats = torch.stack(z, dim=1).float()
         return supcon_loss(feats, y if use_labels else None, temperature=temperature), None
 
@@ -41,12 +40,13 @@ def two_view_contrastive_step(head: nn.Module, temperature: float, use_labels: b
 
 def contrastive_pretrain(model: nn.Module, data: FERDataset, *, epochs: int = 10, batch_size: int = 128,
                          lr: float = 1e-3, temperature: float = 0.1, use_labels: bool = True,
-                         projection_dim: int = 128, view_augment="strong", device=None, seed: int = 0,
+                         projection_dim: int = 128, view_augment="contrastive", device=None, seed: int = 0,
                          checkpoint=None, progress: bool = True) -> PretrainResult:
     """Pre-train `model`'s backbone in place with SupCon (labels) or NT-Xent (no labels) on `data`.
 
     With use_labels=True, rows with label -1 would have no valid class, so the data must be fully labeled; with
     use_labels=False every row is used (labels are ignored, so an unlabeled pool works: pass it with any labels >= 0).
+    The two views use SimCLR's augmentation (`augment.contrastive`: crop, flip, colour jitter, greyscale).
     The classifier of `model` is left untouched (fine-tuning trains it).
     """
     head = ProjectionHead(model.num_features, projection_dim)
