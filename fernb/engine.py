@@ -1,8 +1,8 @@
 """fit / evaluate / predict over a `FERDataset` held in memory.
 
 The training loop indexes batches straight out of the uint8 image tensor on the device, augments them batched
-(`fernb.data.augment`), and keeps running sums on the device (no `.item()` per step). On CUDA it uses
-channels_last and bf16 autocast. Each epoch draws its shuffle and augmentation randomness from (seed, epoch), and a
+(`fernb.data.augment`), and keeps running sums on the device (no `.item()` per step). It uses channels_last
+everywhere and bf16 autocast on CUDA (CPU stays float32: exact and deterministic). Each epoch draws its shuffle and augmentation randomness from (seed, epoch), and a
 checkpoint written atomically at the end of each epoch holds model, optimizer, scheduler and history, so a run killed
 mid-way and restarted with `resume=True` ends with the same weights as one that never stopped.
 """
@@ -42,10 +42,8 @@ def resolve_device(device=None) -> torch.device:
 
 
 def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    # channels_last on every device: oneDNN convolutions on CPU run ~1.4x faster with it, cuDNN with AMP too.
+    return model.to(device).to(memory_format=torch.channels_last)
 
 
 def _autocast(device: torch.device):
@@ -59,10 +57,7 @@ def batch_input(data: FERDataset, index: torch.Tensor, device: torch.device, aug
     x = data.images[index.to(data.images.device)].to(device, non_blocking=True).float().div_(255.0)
     if augment is not None:
         x = augment(x)
-    x = aug.to_input(x)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
+    return aug.to_input(x).contiguous(memory_format=torch.channels_last)
 
 
 def cross_entropy_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor):
@@ -138,6 +133,7 @@ def fit(model: nn.Module, train: FERDataset, *, val: FERDataset | None = None, e
         opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
     else:
         raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {optimizer!r}")
+    batch_size = min(batch_size, len(labeled))  # a tiny labeled pool (an AL start) is one full batch
     steps_per_epoch = max(1, len(labeled) // batch_size)
     sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
                                                  pct_start=0.15) if scheduler == "cosine" else None)

@@ -190,6 +190,7 @@ def main(argv=None) -> int:
         output_dir = output_dir.resolve()
         output_dir.mkdir(parents=True, exist_ok=True)
         os.environ["FERNB_FIGURES"] = str(output_dir / "figures")  # inherited by the kernel
+        os.environ.setdefault("FERNB_CHECKPOINTS", str(output_dir / "checkpoints"))
     kernel = ensure_kernel(args.kernel)
     statuses = []
     for path in paths:

@@ -36,7 +36,7 @@ from torch.nn import functional as F
 from .dataset import UNLABELED, FERDataset
 from .labels import CLASSES_8, classes as class_names
 
-VERSION = 1  # bump when rendering changes, so caches are rebuilt
+VERSION = 2  # bump when rendering changes, so caches are rebuilt
 
 AUS = ("1", "2", "4", "5", "6", "7", "9", "12", "12L", "14", "14L", "15", "16", "20", "23", "26")
 AU_NAMES = {
@@ -73,20 +73,20 @@ def prototype_matrix(num_classes: int = 8) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SynthConfig:
-    intensity: tuple = (0.3, 1.0)       # expression intensity, uniform
+    intensity: tuple = (0.45, 1.0)      # expression intensity, uniform
     au_jitter: float = 0.3              # each active AU x U(1 - j, 1 + j/2)
     leak_prob: float = 0.25             # each inactive AU leaks in with this probability ...
-    leak_max: float = 0.3               # ... at intensity U(0, leak_max)
+    leak_max: float = 0.2               # ... at intensity U(0, leak_max)
     resting: float = 0.2                # identity's resting AU offsets up to this
     blend_prob: float = 0.15            # probability of a two-expression blend
     blend_weight: tuple = (0.2, 0.45)   # weight of the secondary expression
     yaw_deg: float = 15.0               # std of yaw, clipped to 2.2 std
     roll_deg: float = 8.0               # std of roll
-    scale: tuple = (0.82, 1.02)         # face scale
+    scale: tuple = (0.9, 1.05)          # face scale
     shift: float = 0.07                 # max translation (fraction of half image)
     light: float = 0.45                 # strength of a directional light gradient
     brightness: tuple = (0.75, 1.15)
-    blur_prob: float = 0.3              # probability of Gaussian blur (sigma in px at 64 px, scaled with size)
+    blur_prob: float = 0.2              # probability of Gaussian blur (sigma in px at 64 px, scaled with size)
     blur_sigma: tuple = (0.5, 1.3)
     noise_std: tuple = (0.0, 0.05)
     occlusion_prob: float = 0.15
@@ -468,9 +468,11 @@ SPLIT_IDS = {"train": (0, 400), "val": (400, 460), "test": (460, 560), "unlabele
 DEFAULT_SIZES = {"train": 6000, "val": 1000, "test": 2000, "unlabeled": 10000, "web": 4000, "identity": 8000}
 
 
-def render_images(params: dict, ident: dict, size: int, channels: int, chunk: int = 64):
-    """Render in chunks of 64 (the working set then stays in the CPU caches: ~2x faster than 256), returning uint8 (N, C, H, W) and boxes (N, 4)."""
+def render_images(params: dict, ident: dict, size: int, channels: int, chunk: int | None = None):
+    """Render in chunks sized so a chunk's pixel count stays near 64 images of 64 px (the working set then stays
+    in the CPU caches: measured 1.3x faster than chunks of 256 at 64 px, 3x faster at 224 px than a fixed 64), returning uint8 (N, C, H, W) and boxes (N, 4)."""
     n = params["label"].shape[0]
+    chunk = chunk or max(4, round(64 * (64 / size) ** 2))
     images = torch.empty(n, channels, size, size, dtype=torch.uint8)
     boxes = torch.empty(n, 4)
     for start in range(0, n, chunk):

@@ -331,9 +331,7 @@ def train_drm(model: nn.Module, train: FERDataset, val: FERDataset | None = None
     device = resolve_device(device)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    drm = DRM(model, beta=beta, delta1=delta1, gamma=gamma).to(device)
-    if device.type == "cuda":
-        drm = drm.to(memory_format=torch.channels_last)
+    drm = DRM(model, beta=beta, delta1=delta1, gamma=gamma).to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(drm.parameters(), lr=lr, weight_decay=weight_decay)
 
     initial_labels = train.labels.detach().clone().cpu()
