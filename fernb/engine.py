@@ -8,9 +8,7 @@ mid-way and restarted with `resume=True` ends with the same weights as one that 
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from tqdm.auto import tqdm
 from .data import augment as aug
 from .data.dataset import FERDataset
 from .models import features_and_logits
+from .paths import atomic_save
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -88,18 +87,6 @@ class History:
     def best_val_acc(self) -> float:
         vals = [v for v in self.val_acc if v is not None]
         return max(vals) if vals else float("nan")
-
-
-def _atomic_save(state: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def fit(model: nn.Module, train: FERDataset, *, val: FERDataset | None = None, epochs: int = 10,
@@ -194,7 +181,7 @@ def fit(model: nn.Module, train: FERDataset, *, val: FERDataset | None = None, e
             history.val_mean_class_acc.append(None)
         history.seconds.append(time.perf_counter() - t0)
         if ckpt_path is not None:
-            _atomic_save({"model": model.state_dict(), "extra": [m.state_dict() for m in extra_modules],
+            atomic_save({"model": model.state_dict(), "extra": [m.state_dict() for m in extra_modules],
                           "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
                           "history": history.as_dict(), "epoch": epoch}, ckpt_path)
         for cb in callbacks:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,4 +21,22 @@ def figure_dir(notebook: str) -> Path:
 def checkpoint_dir() -> Path:
     path = Path(os.environ.get("FERNB_CHECKPOINTS") or REPO / "data" / "checkpoints")
     path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def atomic_save(obj, path) -> Path:
+    """torch.save to a temporary file beside `path`, then rename: a run killed mid-write never leaves a half-written
+    checkpoint or cache behind."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path

@@ -6,6 +6,7 @@ holds only the profile name and the knobs a user turns.
 """
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import torch
@@ -32,24 +33,26 @@ NOTEBOOKS = {
     "01_fucle_active_learning": {
         "smoke": dict(n_train=1000, n_val=300, n_test=600, epochs=8, pretrain_epochs=4, drm_epochs=4, cycles=2,
                       initial_fraction=0.1, budget_fraction=0.1, strategies=("random", "least_confidence"),
-                      sweep_values=(0.0, 0.15, 0.3), seeds=(0,), sensitivity=False, noise_rate=0.3),
+                      sweep_values=(0.0, 0.15, 0.3), seeds=(0,), sensitivity=False, noise_rate=0.3,
+                      deepfool_candidates=300),
         "cpu": dict(n_train=3000, n_val=500, n_test=1500, image_size=48, epochs=10, pretrain_epochs=12,
                     drm_epochs=10, cycles=4, initial_fraction=0.05, budget_fraction=0.05,
                     strategies=("random", "least_confidence", "margin", "entropy", "bald", "coreset", "badge",
                                 "glister", "deepfool"),
-                    sweep_values=(0.0, 0.1, 0.15, 0.2, 0.3), seeds=(0,), sensitivity=True, noise_rate=0.3),
+                    sweep_values=(0.0, 0.1, 0.15, 0.2, 0.3), seeds=(0,), sensitivity=True, noise_rate=0.3,
+                    deepfool_candidates=1000),
         "gpu": dict(n_train=12000, n_test=3000, epochs=15, pretrain_epochs=30, drm_epochs=20, cycles=7,
                     initial_fraction=0.05, budget_fraction=0.05,
                     strategies=("random", "least_confidence", "margin", "entropy", "bald", "coreset", "badge",
                                 "glister", "deepfool"),
                     sweep_values=(0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35), seeds=(0, 1, 2),
-                    sensitivity=True, noise_rate=0.3),
+                    sensitivity=True, noise_rate=0.3, deepfool_candidates=None),
         "paper": dict(epochs=40, pretrain_epochs=100, drm_epochs=40, cycles=7, initial_fraction=0.05,
                       budget_fraction=0.05,
                       strategies=("random", "least_confidence", "margin", "entropy", "bald", "coreset", "badge",
                                   "glister", "deepfool"),
                       sweep_values=(0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35), seeds=(0, 1, 2),
-                      sensitivity=True, noise_rate=0.0),
+                      sensitivity=True, noise_rate=0.0, deepfool_candidates=None),
     },
 }
 
@@ -66,4 +69,6 @@ def get(notebook: str, profile: str | None = None) -> SimpleNamespace:
     settings = dict(BASE[profile])
     settings.update(NOTEBOOKS.get(notebook, {}).get(profile, {}))
     settings["name"] = profile
+    if os.environ.get("FERNB_HEADLESS") == "1":  # set by `python -m fernb run`: no one watches the bars
+        settings["progress"] = False
     return SimpleNamespace(**settings)

@@ -192,6 +192,7 @@ def main(argv=None) -> int:
         os.environ["FERNB_FIGURES"] = str(output_dir / "figures")  # inherited by the kernel
         os.environ.setdefault("FERNB_CHECKPOINTS", str(output_dir / "checkpoints"))
     kernel = ensure_kernel(args.kernel)
+    os.environ["FERNB_HEADLESS"] = "1"  # profiles turn progress bars off: they are clutter in an executed notebook
     statuses = []
     for path in paths:
         print(f"running {path.stem} [{profile}] ...", flush=True)

@@ -1,6 +1,5 @@
 """Backbones (fernb.models), figures and Grad-CAM (fernb.viz), and the scorecard (fernb.scorecard)."""
 import json
-import math
 
 import matplotlib
 import matplotlib.pyplot as plt

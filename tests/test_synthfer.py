@@ -1,5 +1,4 @@
 """SynthFER (fernb.data.synthfer): determinism, shapes, argument checks, face boxes, cache, and the variant pools."""
-import math
 
 import pytest
 import torch

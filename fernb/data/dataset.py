@@ -6,13 +6,11 @@ batch is a tensor index on whatever device the dataset sits on. Fields a source 
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import torch
 
+from ..paths import atomic_save
 from .labels import classes as class_names
 
 UNLABELED = -1
@@ -112,18 +110,9 @@ class FERDataset:
     # ---- cache --------------------------------------------------------------------------------------------------
     def save(self, path) -> None:
         """Write atomically (temp file + rename) so an interrupted run never leaves a half-written cache."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v for k, v in self._per_sample().items() if v is not None}
         state.update(classes=list(self.classes), meta=self.meta, name=self.name, info=_plain(self.info))
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        atomic_save(state, path)
 
     @classmethod
     def load(cls, path) -> "FERDataset":

@@ -23,7 +23,7 @@ from torch import nn
 
 from .. import models
 from ..data.dataset import FERDataset
-from ..engine import _atomic_save
+from ..paths import atomic_save
 from . import active
 from .drm import DRMResult, train_drm
 from .pretrain import PretrainResult, contrastive_pretrain
@@ -41,9 +41,7 @@ def model_factory(name: str, num_classes: int, in_chans: int, img_size: int,
 
 
 def save_weights(model: nn.Module, path: str | Path) -> Path:
-    path = Path(path)
-    _atomic_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
-    return path
+    return atomic_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
 
 
 @dataclass
@@ -85,19 +83,23 @@ def pretrain_stages(pool: FERDataset, *, model_name: str, checkpoint_dir: Path, 
 
 
 def run_strategies(strategies, pool: FERDataset, test: FERDataset, *, model_fn: Callable[[], nn.Module],
-                   seeds=(0,), progress_bar: bool = False, **al_kwargs) -> dict[str, list[active.ALResult]]:
+                   seeds=(0,), progress_bar: bool = False, strategy_kwargs: dict | None = None,
+                   **al_kwargs) -> dict[str, list[active.ALResult]]:
     """`active.run_active_learning` for each strategy name and seed: {name: [ALResult per seed]}.
 
     Every strategy of a seed starts from the same initial labeled set (drawn from that seed), so the curves differ
-    only by what each strategy queries.
+    only by what each strategy queries. `strategy_kwargs` = {name: constructor options}, e.g.
+    {"deepfool": {"candidates": 1000}}.
     """
+    strategy_kwargs = strategy_kwargs or {}
     from tqdm.auto import tqdm
 
     results: dict[str, list[active.ALResult]] = {}
     jobs = [(name, seed) for name in strategies for seed in seeds]
     for name, seed in tqdm(jobs, desc="active learning", disable=not progress_bar):
+        strategy = active.get(name, seed=seed, **strategy_kwargs.get(name, {}))
         results.setdefault(name, []).append(
-            active.run_active_learning(name, pool, test, model_fn=model_fn, seed=seed, **al_kwargs))
+            active.run_active_learning(strategy, pool, test, model_fn=model_fn, seed=seed, **al_kwargs))
     return results
 
 
