@@ -73,6 +73,23 @@ def test_smoke_run_of_the_tour_passes_its_floors(tmp_path):
 
 
 @pytest.mark.notebook
+def test_smoke_run_of_fucle_passes_its_floors(tmp_path):
+    """Notebook 01 end to end in the smoke profile: every section runs, and the scorecard's metrics clear the floors
+    (FUCLE's final accuracy, its gain over least confidence, and the 5-NN accuracy after SupCon)."""
+    nb_path = REPO / "notebooks" / "01_fucle_active_learning.ipynb"
+    out = tmp_path / "out"
+    proc = _fernb_run(["01", "--profile", "smoke", "--output-dir", str(out), "--check"], tmp_path, timeout=1500)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "check: passed" in proc.stdout
+    card = json.loads((out / "figures" / nb_path.stem / "scorecard.json").read_text())
+    assert {"fucle_final_accuracy", "lc_final_accuracy", "fucle_gain_over_lc", "relabel_precision",
+            "knn_accuracy_after_supcon"} <= set(card["metrics"])
+    assert len(card["claims"]) >= 10
+    # checkpoints of a smoke run stay in its output folder
+    assert list((out / "checkpoints").rglob("*.pt"))
+
+
+@pytest.mark.notebook
 def test_failing_notebook_keeps_partial_output_and_names_the_cell(tmp_path):
     nb = nbformat.v4.new_notebook()
     nb.cells = [
