@@ -125,7 +125,7 @@ def main() -> None:
                  "fernb": fmt(med["render 64 px RGB"]),
                  "baseline": fmt(med["render 64 px RGB, chunk=256"]), "ratio": f"{statistics.median(paired):.2f}x",
                  "range (rounds)": f"ratio {min(paired):.2f}..{max(paired):.2f}",
-                 "target": "(context; render_images' docstring says ~2x)", "verdict": "-"})
+                 "target": "(context; render_images' docstring: ~1.3x)", "verdict": "-"})
     print(table(rows, ["measurement", "fernb", "baseline", "ratio", "range (rounds)", "target", "verdict"]))
     spreads = [(max(v) - min(v)) / statistics.median(v) for v in results.values()]
     print(f"\nnoise: max-min spread across rounds is {min(spreads):.0%}..{max(spreads):.0%} of the median "
