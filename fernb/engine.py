@@ -45,7 +45,8 @@ def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
     return model.to(device).to(memory_format=torch.channels_last)
 
 
-def _autocast(device: torch.device):
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; a no-op context on CPU (float32 there: exact and deterministic)."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)
@@ -156,7 +157,7 @@ def fit(model: nn.Module, train: FERDataset, *, val: FERDataset | None = None, e
             index = index.to(device)
             x = batch_input(data, index, device, augment)
             y = data.labels[index]
-            with _autocast(device):
+            with autocast(device):
                 loss, logits = loss_fn(model, x, y, index)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -214,7 +215,7 @@ def predict(model: nn.Module, data: FERDataset, *, batch_size: int = 256, device
     logits, embs = [], []
     for index in torch.arange(len(data)).split(batch_size):
         x = batch_input(data, index, device, augment)
-        with _autocast(device):
+        with autocast(device):
             emb, out = features_and_logits(model, x)
         logits.append(out.float().cpu())
         if embeddings:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..data.dataset import FERDataset
-from ..engine import batch_input, resolve_device
+from ..engine import autocast, batch_input, resolve_device
 from ..losses.drm import drm_loss, high_group_size, high_importance_mask
 from ..models import AttentionWeight, features_and_logits
 
@@ -262,10 +262,6 @@ def _batches(n: int, batch_size: int, beta: float, generator: torch.Generator) -
     return chunks
 
 
-def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 @torch.no_grad()
 def compute_alpha(drm: DRM, data: FERDataset, batch_size: int = 256, device=None) -> tuple[torch.Tensor,
                                                                                               torch.Tensor]:
@@ -276,7 +272,7 @@ def compute_alpha(drm: DRM, data: FERDataset, batch_size: int = 256, device=None
     alphas, logits = [], []
     for index in torch.arange(len(data)).split(batch_size):
         x = batch_input(data, index, device)  # the engine's normalization, so a DRM backbone fine-tunes as-is
-        with _autocast(device):
+        with autocast(device):
             a, z = drm(x)
         alphas.append(a.float().cpu())
         logits.append(z.float().cpu())
@@ -360,7 +356,7 @@ def train_drm(model: nn.Module, train: FERDataset, val: FERDataset | None = None
             index_data = index.to(train.device)
             x = batch_input(train, index_data, device, augment)
             y = labels[index_data].to(device)
-            with _autocast(device):
+            with autocast(device):
                 loss, parts, alpha, logits = drm.loss(x, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
