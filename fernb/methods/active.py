@@ -746,6 +746,14 @@ def _count(value, total: int, what: str) -> int:
     return int(value)
 
 
+def labeled_view(pool: FERDataset, mask: torch.Tensor) -> FERDataset:
+    """What the learner may see: the oracle's labels (`pool.labels`) where `mask` is set, -1 elsewhere, and no
+    clean or soft labels, so no strategy or training run can read a label it has not paid for."""
+    oracle = pool.labels.cpu()
+    labels = torch.where(mask.cpu(), oracle, torch.full_like(oracle, UNLABELED))
+    return replace(pool, labels=labels.to(pool.labels.device), clean_labels=None, soft_labels=None)
+
+
 def run_active_learning(strategy: Strategy | str, pool: FERDataset, test: FERDataset, *, model_fn,
                         initial_fraction: float = 0.1, initial_size: int | None = None, budget: int | float = 0.05,
                         cycles: int = 7, fit_kwargs: dict | None = None, seed: int = 0,
@@ -780,7 +788,6 @@ def run_active_learning(strategy: Strategy | str, pool: FERDataset, test: FERDat
         strategy = get(strategy, seed=seed)
     strategy.reset()
     N = len(pool)
-    oracle = pool.labels.cpu()
     if initial_mask is not None:
         mask = torch.as_tensor(initial_mask, dtype=torch.bool).cpu().clone()
         if mask.shape != (N,):
@@ -790,10 +797,6 @@ def run_active_learning(strategy: Strategy | str, pool: FERDataset, test: FERDat
         mask = torch.zeros(N, dtype=torch.bool)
         mask[torch.randperm(N, generator=torch.Generator().manual_seed(seed))[:min(size, N)]] = True
     per_cycle = _count(budget, N, "budget")
-
-    def labeled_view() -> FERDataset:
-        labels = torch.where(mask, oracle, torch.full_like(oracle, UNLABELED))
-        return replace(pool, labels=labels.to(pool.labels.device), clean_labels=None, soft_labels=None)
 
     result = ALResult(strategy=strategy.name, config={
         "pool_size": N, "test_size": len(test), "initial_size": int(mask.sum()), "budget": per_cycle,
@@ -807,10 +810,10 @@ def run_active_learning(strategy: Strategy | str, pool: FERDataset, test: FERDat
             query = Measurement(seconds=0.0, peak_rss_mb=0.0)
             if cycle > 0:
                 with measure(device) as query:
-                    picked = strategy.query(model, labeled_view(), mask, per_cycle, device=device, val=val,
+                    picked = strategy.query(model, labeled_view(pool, mask), mask, per_cycle, device=device, val=val,
                                             batch_size=batch_size)
                 mask[picked] = True
-            train = labeled_view()
+            train = labeled_view(pool, mask)
             torch.manual_seed(seed)
             model = model_fn()
             with measure(device) as fitting:

@@ -12,7 +12,6 @@ adds a label-free control (NT-Xent pre-training) to separate representation lear
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -21,7 +20,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .. import models
+from .. import engine, models
 from ..data.dataset import FERDataset
 from ..paths import atomic_save
 from . import active
@@ -132,27 +131,13 @@ def _peak(m) -> float:
     return m.peak_cuda_mb if m.peak_cuda_mb is not None else m.peak_rss_mb
 
 
-def timed(fn, *args, **kwargs):
-    """(result, seconds)"""
-    t0 = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t0
-
-
 def final_model(result: active.ALResult, pool: FERDataset, model_fn: Callable[[], nn.Module], fit_kwargs: dict,
                 device=None) -> nn.Module:
     """The model of `result`'s last cycle, rebuilt deterministically: the same initialization (torch.manual_seed of
     the run's seed, then `model_fn`), the same final labeled set and the same fit arguments as
     `active.run_active_learning` used, so the confusion matrix shown is that of the reported accuracy."""
-    from dataclasses import replace as _replace
-
-    from .. import engine
-    from ..data.dataset import UNLABELED
-
     seed = result.config["seed"]
-    mask = result.labeled_mask
-    labels = torch.where(mask, pool.labels.cpu(), torch.full_like(pool.labels.cpu(), UNLABELED))
-    train = _replace(pool, labels=labels.to(pool.labels.device), clean_labels=None, soft_labels=None)
+    train = active.labeled_view(pool, result.labeled_mask)
     torch.manual_seed(seed)
     model = model_fn()
     kwargs = {"seed": seed, "progress": False, **fit_kwargs}
