@@ -87,8 +87,13 @@ def fit(model: nn.Module, train: FERDataset, *, val: FERDataset | None = None, e
         scheduler: str | None = "cosine", augment="weak", loss_fn: Callable | None = None,
         extra_modules: tuple[nn.Module, ...] = (), device=None, seed: int = 0,
         checkpoint: str | Path | None = None, resume: bool = True, progress: bool = True,
-        callbacks: tuple[Callable, ...] = (), desc: str = "fit") -> History:
+        callbacks: tuple[Callable, ...] = (), desc: str = "fit", steps: int | None = None) -> History:
     """Train `model` on the labeled rows of `train` (label >= 0).
+
+    `steps` (optional) fixes the number of optimizer steps instead of `epochs`: passes over the labeled rows are
+    repeated until exactly `steps` batches have been trained on (the last pass cut short), so runs with 150 and
+    750 labels get the same optimization budget, where a fixed epoch count would give the small set 5x fewer
+    updates. The learning-rate schedule spans the `steps`.
 
     loss_fn(model, x, y, index) -> (loss, logits) lets a method swap the objective (DRM, SupCon ...) while keeping
     the loop, checkpointing and metrics (logits may be None, then train accuracy is not recorded);
@@ -115,7 +120,12 @@ def fit(model: nn.Module, train: FERDataset, *, val: FERDataset | None = None, e
         raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {optimizer!r}")
     batch_size = min(batch_size, len(labeled))  # a tiny labeled pool (an AL start) is one full batch
     steps_per_epoch = max(1, len(labeled) // batch_size)
-    sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
+    if steps is not None:
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        epochs = -(-int(steps) // steps_per_epoch)
+    total_steps = int(steps) if steps is not None else epochs * steps_per_epoch
+    sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps,
                                                  pct_start=0.15) if scheduler == "cosine" else None)
     history = History()
     start = 0
@@ -144,6 +154,7 @@ def fit(model: nn.Module, train: FERDataset, *, val: FERDataset | None = None, e
         seen = 0
         predicted = False
         batches = order[: steps_per_epoch * batch_size].view(steps_per_epoch, batch_size)
+        batches = batches[: total_steps - epoch * steps_per_epoch]     # the last pass of a `steps` run is cut
         bar = tqdm(batches, desc=f"{desc} {epoch + 1}/{epochs}", leave=False, disable=not progress)
         for index in bar:
             index = index.to(device)

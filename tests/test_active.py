@@ -278,6 +278,34 @@ def test_deepfool_multiclass_flips_label():
     assert (norms > 0).all() and torch.isfinite(norms).all()
 
 
+def test_deepfool_ranks_dead_inputs_last():
+    """A row whose input gradient is zero (here: ReLU units that are all off) cannot be pushed to a boundary; it
+    used to get norm 0 and be queried first."""
+    net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 3)).eval()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.eye(3, 2))
+        net[0].bias.zero_()
+        net[2].weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]))
+        net[2].bias.copy_(torch.tensor([0.0, 0.0, 0.1]))
+    x = torch.tensor([[-1.0, -1.0], [0.5, 0.3], [2.0, 0.1]])   # row 0: both ReLUs off, gradients all zero
+    norms = active.deepfool_perturbation_norms(net, x)
+    assert torch.isinf(norms[0]) and torch.isfinite(norms[1:]).all()
+    assert _top_positions(norms, 2) == [1, 2]
+
+
+def _top_positions(norms, n):
+    return active._top(norms, n, descending=False).tolist()
+
+
+def test_margin_ranks_by_the_margin_itself_in_float32():
+    """Margins 3e-8 apart: 1 - margin rounds both to the same float32, the negated margin keeps them apart."""
+    p = torch.tensor([[0.5, 0.5 - 3e-8, 0.0], [0.5, 0.5, 0.0]], dtype=torch.float32)
+    margins = p[:, 0] - p[:, 1]
+    assert margins[1] < margins[0]                          # distinct in float32 (0 and ~3e-8)
+    assert (1 - margins[0]) == (1 - margins[1])             # the old score 1 - margin tied them at 1.0
+    assert active.margin_scores(p).argmax().item() == 1     # the smaller margin is queried first
+
+
 def test_random_is_seeded():
     pool = id_pool(50)
     labeled = torch.zeros(50, dtype=torch.bool)

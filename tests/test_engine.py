@@ -107,6 +107,26 @@ def test_fit_without_labeled_rows_raises(tiny, initial_model):
         engine.fit(copy.deepcopy(initial_model), hidden, epochs=1, device="cpu", progress=False)
 
 
+def test_fit_with_a_fixed_number_of_steps(tiny, initial_model):
+    """steps=10 on 100 labeled rows at batch 32 (3 batches a pass): 4 passes, the last cut to 1 batch, exactly 10
+    optimizer steps, and the schedule spans them (annealed at the end)."""
+    labels = torch.full_like(tiny.labels, UNLABELED)
+    labels[:100] = tiny.labels[:100]
+    calls = []
+
+    def counting_loss(model, x, y, index):
+        calls.append(len(index))
+        return engine.cross_entropy_step(model, x, y, index)
+
+    hist = engine.fit(copy.deepcopy(initial_model), tiny.with_labels(labels), steps=10, batch_size=32, lr=1e-3,
+                      device="cpu", progress=False, loss_fn=counting_loss)
+    assert calls == [32] * 10
+    assert hist.epoch == [1, 2, 3, 4]
+    assert hist.lr[-1] < 0.05 * 1e-3           # annealed to the end of the one-cycle schedule
+    with pytest.raises(ValueError, match="steps"):
+        engine.fit(copy.deepcopy(initial_model), tiny, steps=0, device="cpu", progress=False)
+
+
 # ---- augmentation -----------------------------------------------------------------------------------------------
 def test_weak_keeps_shape_and_range_and_differs_per_sample():
     g = torch.Generator().manual_seed(0)

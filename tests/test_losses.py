@@ -151,3 +151,13 @@ def test_drm_loss_combines_with_gamma():
     assert loss.item() == pytest.approx(0.2 * 0.05 + 0.8 * 1.051444713932051, rel=1e-6)
     with pytest.raises(ValueError, match="gamma"):
         drm_loss(logits, alpha, targets, gamma=1.5)
+
+
+@pytest.mark.parametrize("batch_size", [10, 32, 64, 90, 170, 180, 330])
+def test_high_group_size_is_scns_int_of_the_float_product(batch_size):
+    """SCN splits at int(batch_size * beta); at B = 90, 170, 180, 330 the float product 0.7 * B falls just below
+    the integer, so SCN's high group is one smaller than the exact 0.7 B."""
+    from fernb.losses import high_group_size
+    assert high_group_size(batch_size, 0.7) == int(batch_size * 0.7)
+    if batch_size in (90, 170, 180, 330):
+        assert high_group_size(batch_size, 0.7) == round(0.7 * batch_size) - 1

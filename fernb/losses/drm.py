@@ -9,24 +9,24 @@
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch.nn import functional as F
 
 
 def high_group_size(batch_size: int, beta: float) -> int:
-    """Size of the high-importance group: floor(beta * B), as SCN's `int(batch_size * beta)`.
+    """Size of the high-importance group: SCN's `int(batch_size * beta)`, float product and all.
 
-    A tiny epsilon keeps float round-off from dropping a sample (0.7 * 10 is 7.000000000000001, but 0.3 * 10 would
-    otherwise risk 2.9999...). Raises ValueError if either group would be empty.
+    The float product is kept on purpose, so the split is SCN's to the sample: 0.7 * 90 is 62.99999999999999 in
+    floating point, so SCN's high group at B = 90 (and 170, 180, 330, ...) has 62 samples, not 63. Raises
+    ValueError if either group would be empty.
     """
     if not 0.0 < beta < 1.0:
         raise ValueError(f"beta (the high-importance ratio) must lie strictly between 0 and 1, got {beta}")
     if batch_size < 2:
         raise ValueError(f"rank regularization needs at least 2 samples in a batch to form a high and a low group, "
                          f"got {batch_size}")
-    k = math.floor(beta * batch_size + 1e-9)
+    k = int(beta * batch_size)
     if k < 1 or k >= batch_size:
         raise ValueError(f"beta={beta} with a batch of {batch_size} leaves the "
                          f"{'high' if k < 1 else 'low'}-importance group empty (high group size = floor(beta * B) "

@@ -74,10 +74,13 @@ def least_confidence_scores(probs: torch.Tensor) -> torch.Tensor:
 
 
 def margin_scores(probs: torch.Tensor) -> torch.Tensor:
-    """Margin sampling (Settles 2009; Scheffer et al. 2001): 1 - (p(y1|x) - p(y2|x)), y1/y2 the two most probable
-    classes. A small margin (score near 1) means the sample sits between two classes. probs (N, K>=2) -> (N,)."""
+    """Margin sampling (Settles 2009; Scheffer et al. 2001): the negated margin -(p(y1|x) - p(y2|x)), y1/y2 the two
+    most probable classes, so a sample between two classes (margin near 0) scores highest. probs (N, K>=2) -> (N,).
+
+    Negation is exact in floating point, so the ranking is that of the margins themselves; the textbook
+    1 - margin rounds in float32 and ties margins up to ~3e-8 apart."""
     top2 = probs.topk(2, dim=1).values
-    return 1.0 - (top2[:, 0] - top2[:, 1])
+    return -(top2[:, 0] - top2[:, 1])
 
 
 def entropy_scores(probs: torch.Tensor) -> torch.Tensor:
@@ -377,6 +380,8 @@ def deepfool_perturbation_norms(model: nn.Module, x: torch.Tensor, *, max_iter: 
     nearest linearized boundary l = argmin_k |f'_k| / ||w_k||, r_i = (|f'_l| / ||w_l|| + 1e-4) w_l / ||w_l||,
     r_tot += r_i, and re-evaluate at x + (1 + overshoot) r_tot until the label changes or `max_iter` is reached.
     Returns ||(1 + overshoot) r_tot|| (the perturbation that flips the label), shape (B,), on x's device.
+    A row whose input gradients are all zero (a dead input: saturated units, a constant image) cannot be moved
+    towards any boundary: its norm is +inf, so DFAL queries it last rather than first.
 
     DFAL (Ducoffe & Precioso 2018) uses this norm as a proxy of the distance to the decision boundary and queries
     the smallest ones. Batched: all rows step together (a row leaves the batch once its label flips); the K input
@@ -391,6 +396,7 @@ def deepfool_perturbation_norms(model: nn.Module, x: torch.Tensor, *, max_iter: 
     with torch.no_grad():
         k0 = model(x0).argmax(dim=1)
     active = torch.arange(B, device=x0.device)
+    dead = torch.zeros(B, dtype=torch.bool, device=x0.device)
     for _ in range(max_iter):
         if active.numel() == 0:
             break
@@ -407,13 +413,16 @@ def deepfool_perturbation_norms(model: nn.Module, x: torch.Tensor, *, max_iter: 
         rows = torch.arange(len(active), device=x0.device)
         f = logits - logits[rows, k_orig][:, None]                     # f'_k, (b, K)
         w = grads - grads[rows, k_orig][:, None]                       # w_k, (b, K, ...)
-        w_norm = w.flatten(2).norm(dim=2).clamp_min(1e-12)             # (b, K)
+        w_norm = w.flatten(2).norm(dim=2)                              # (b, K); 0 in the k0 column
+        dead[active] |= w_norm.amax(dim=1) <= 1e-12                    # no direction moves any logit gap
+        w_norm = w_norm.clamp_min(1e-12)
         dist = f.abs() / w_norm
         dist[rows, k_orig] = float("inf")
         l = dist.argmin(dim=1)
         step = (dist[rows, l] + 1e-4) / w_norm[rows, l]
         r_tot[active] += step.view(-1, *[1] * (x0.dim() - 1)) * w[rows, l]
-    return ((1.0 + overshoot) * r_tot).flatten(1).norm(dim=1)
+    norms = ((1.0 + overshoot) * r_tot).flatten(1).norm(dim=1)
+    return norms.masked_fill(dead, float("inf"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -655,7 +664,7 @@ def measure(device=None, interval: float = 0.01):
     available) also torch.cuda.max_memory_allocated above the allocation at entry.
     """
     m = Measurement()
-    use_cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
+    use_cuda = engine.resolve_device(device).type == "cuda"
     if use_cuda:
         torch.cuda.synchronize()
         cuda_start = torch.cuda.memory_allocated()

@@ -255,7 +255,7 @@ def _batches(n: int, batch_size: int, beta: float, generator: torch.Generator) -
     folded into the previous one."""
     order = torch.randperm(n, generator=generator)
     chunks = list(order.split(batch_size))
-    k = math.floor(beta * chunks[-1].numel() + 1e-9)
+    k = int(beta * chunks[-1].numel())    # high_group_size's rule (SCN's int(beta * B))
     if len(chunks) > 1 and not 1 <= k < chunks[-1].numel():
         last = chunks.pop()
         chunks[-1] = torch.cat([chunks[-1], last])
@@ -265,8 +265,11 @@ def _batches(n: int, batch_size: int, beta: float, generator: torch.Generator) -
 @torch.no_grad()
 def compute_alpha(drm: DRM, data: FERDataset, batch_size: int = 256, device=None) -> tuple[torch.Tensor,
                                                                                               torch.Tensor]:
-    """(alpha (N,), logits (N, C)) for every sample of `data`, in eval mode, on the CPU."""
-    device = resolve_device(device) if device is not None else next(drm.parameters()).device
+    """(alpha (N,), logits (N, C)) for every sample of `data`, in eval mode, returned on the CPU.
+
+    The whole DRM (backbone and attention head) is moved to `device` ("auto" = CUDA when available) first."""
+    device = resolve_device(device)
+    drm.to(device)
     was_training = drm.training
     drm.eval()
     alphas, logits = [], []
