@@ -2,7 +2,8 @@
 
 The training loop indexes batches straight out of the uint8 image tensor on the device, augments them batched
 (`fernb.data.augment`), and keeps running sums on the device (no `.item()` per step). It uses channels_last
-everywhere and bf16 autocast on CUDA (CPU stays float32: exact and deterministic). Each epoch draws its shuffle and augmentation randomness from (seed, epoch), and a
+everywhere and mixed precision by capability on CUDA (`amp_dtype`: bf16, or fp16 with a GradScaler on GPUs
+without bf16; CPU stays float32: exact and deterministic). Each epoch draws its shuffle and augmentation randomness from (seed, epoch), and a
 checkpoint written atomically at the end of each epoch holds model, optimizer, scheduler and history, so a run killed
 mid-way and restarted with `resume=True` ends with the same weights as one that never stopped.
 """
@@ -27,9 +28,34 @@ LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.T
 
 
 def resolve_device(device=None) -> torch.device:
+    """The one place a device name is resolved: None or "auto" -> CUDA when available, else CPU; "cpu", "cuda",
+    "cuda:1" or a torch.device as given. Every function in fernb that takes `device` passes it through here."""
+    if isinstance(device, torch.device):
+        return device
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device, got {device!r}") \
+            from err
+
+
+def amp_dtype(device) -> torch.dtype | None:
+    """Mixed-precision dtype by capability: bfloat16 on a CUDA GPU that supports it (Ampere and newer), float16
+    (with a gradient scaler, `make_scaler`) on older GPUs such as T4 / P100, None (float32) on the CPU, where
+    float32 is exact and deterministic."""
+    device = resolve_device(device)
+    if device.type != "cuda":
+        return None
+    with torch.cuda.device(device):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def precision_name(device) -> str:
+    """"bf16 autocast", "fp16 autocast + GradScaler" or "float32": what `autocast` and `make_scaler` will do."""
+    dtype = amp_dtype(device)
+    return {None: "float32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}[dtype]
 
 
 def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
@@ -37,11 +63,51 @@ def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
     return model.to(device).to(memory_format=torch.channels_last)
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; a no-op context on CPU (float32 there: exact and deterministic)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast(device):
+    """Autocast in `amp_dtype(device)` on CUDA; a no-op context on CPU (float32 there: exact and deterministic)."""
+    device = resolve_device(device)
+    dtype = amp_dtype(device)
+    if dtype is not None:
+        return torch.autocast("cuda", dtype=dtype)
     return torch.autocast("cpu", enabled=False)
+
+
+def make_scaler(device) -> torch.amp.GradScaler:
+    """A GradScaler that is enabled only where fp16 autocast needs one (a GPU without bf16); disabled elsewhere,
+    where `optimizer_step` then does a plain backward and step."""
+    device = resolve_device(device)
+    return torch.amp.GradScaler(device.type, enabled=amp_dtype(device) == torch.float16)
+
+
+def make_optimizer(params, *, name: str = "adamw", lr: float = 1e-3, weight_decay: float = 0.0,
+                   device=None, **kwargs) -> torch.optim.Optimizer:
+    """AdamW / Adam / SGD (Nesterov momentum 0.9) for `params`, with the fused CUDA kernels on a GPU (one launch
+    for all parameters instead of several per tensor) and the default implementation on the CPU."""
+    device = resolve_device(device)
+    params = list(params)
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **fused, **kwargs)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **fused, **kwargs)
+    if name == "sgd":
+        kwargs = {"momentum": 0.9, "nesterov": True, **kwargs}
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, **fused, **kwargs)
+    raise ValueError(f"optimizer must be 'adamw', 'adam' or 'sgd', got {name!r}")
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler | None = None) -> None:
+    """zero_grad, backward and step, through `scaler` when it is enabled (fp16): the one training step every
+    fernb loop (engine.fit, DRM, the semi-supervised and contrastive trainers) uses."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
 
 
 def batch_input(data: FERDataset, index: torch.Tensor, device: torch.device, augment=None) -> torch.Tensor:
@@ -68,13 +134,14 @@ class History:
     val_mean_class_acc: list = field(default_factory=list)
     lr: list = field(default_factory=list)
     seconds: list = field(default_factory=list)
+    precision: str = ""          # what `precision_name` said for the device the run trained on
 
     def as_dict(self) -> dict:
-        return {k: list(v) for k, v in self.__dict__.items()}
+        return {k: (list(v) if isinstance(v, list) else v) for k, v in self.__dict__.items()}
 
     def as_frame(self):
         import pandas as pd
-        return pd.DataFrame(self.as_dict())
+        return pd.DataFrame({k: v for k, v in self.as_dict().items() if isinstance(v, list)})
 
     @property
     def best_val_acc(self) -> float:
@@ -112,12 +179,8 @@ def fit(model: nn.Module, train: FERDataset, *, val: FERDataset | None = None, e
         raise ValueError(f"{train.name}: no labeled rows to train on")
     data = train.to(device)
     params = [p for m in (model, *extra_modules) for p in m.parameters() if p.requires_grad]
-    if optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    elif optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
-    else:
-        raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {optimizer!r}")
+    opt = make_optimizer(params, name=optimizer, lr=lr, weight_decay=weight_decay, device=device)
+    scaler = make_scaler(device)
     batch_size = min(batch_size, len(labeled))  # a tiny labeled pool (an AL start) is one full batch
     steps_per_epoch = max(1, len(labeled) // batch_size)
     if steps is not None:
@@ -138,8 +201,11 @@ def fit(model: nn.Module, train: FERDataset, *, val: FERDataset | None = None, e
         opt.load_state_dict(state["optimizer"])
         if sched is not None and state.get("scheduler"):
             sched.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         history = History(**state["history"])
         start = state["epoch"] + 1
+    history.precision = precision_name(device)
 
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
@@ -162,9 +228,7 @@ def fit(model: nn.Module, train: FERDataset, *, val: FERDataset | None = None, e
             y = data.labels[index]
             with autocast(device):
                 loss, logits = loss_fn(model, x, y, index)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            optimizer_step(loss, opt, scaler)
             if sched is not None:
                 sched.step()
             loss_sum += loss.detach() * len(index)
@@ -187,6 +251,7 @@ def fit(model: nn.Module, train: FERDataset, *, val: FERDataset | None = None, e
         if ckpt_path is not None:
             atomic_save({"model": model.state_dict(), "extra": [m.state_dict() for m in extra_modules],
                           "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
+                          "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                           "history": history.as_dict(), "epoch": epoch}, ckpt_path)
         for cb in callbacks:
             cb(epoch, history)

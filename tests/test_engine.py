@@ -166,3 +166,44 @@ def test_to_input_round_trip():
     assert z.min() >= -1 and z.max() <= 1
     assert torch.allclose(aug.from_input(z), x8.float() / 255, atol=1e-6)
     assert aug.get(None) is None and aug.get("weak") is aug.weak
+
+
+# ---- device names and precision by capability -----------------------------------------------------------------
+def test_resolve_device_names_and_errors(monkeypatch):
+    assert engine.resolve_device("cpu") == torch.device("cpu")
+    assert engine.resolve_device(torch.device("cpu")) == torch.device("cpu")
+    assert engine.resolve_device("cuda:1") == torch.device("cuda", 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert engine.resolve_device("auto") == engine.resolve_device(None) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert engine.resolve_device("auto") == torch.device("cuda")
+    with pytest.raises(ValueError, match="'auto', 'cpu', 'cuda'"):
+        engine.resolve_device("gpu0")
+
+
+@pytest.mark.parametrize("bf16, expected", [(True, torch.bfloat16), (False, torch.float16)])
+def test_amp_dtype_follows_the_gpu_capability(monkeypatch, bf16, expected):
+    """bf16 where the GPU has it, fp16 (+ GradScaler) on a T4 / P100, float32 on the CPU."""
+    import contextlib
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
+    assert engine.amp_dtype("cuda") == expected
+    assert engine.precision_name("cuda") == ("bf16 autocast" if bf16 else "fp16 autocast + GradScaler")
+    assert engine.amp_dtype("cpu") is None and engine.precision_name("cpu") == "float32"
+    assert not engine.make_scaler("cpu").is_enabled()
+
+
+def test_optimizer_step_and_make_optimizer_on_cpu(tiny, initial_model):
+    model = copy.deepcopy(initial_model)
+    opt = engine.make_optimizer(model.parameters(), name="adamw", lr=1e-2, device="cpu")
+    assert not opt.defaults.get("fused")
+    x = engine.batch_input(tiny, torch.arange(8), torch.device("cpu"))
+    before = model.fc.weight.detach().clone()
+    engine.optimizer_step(torch.nn.functional.cross_entropy(model(x), tiny.labels[:8]), opt,
+                          engine.make_scaler("cpu"))
+    assert not torch.equal(before, model.fc.weight)
+    with pytest.raises(ValueError, match="optimizer must be"):
+        engine.make_optimizer(model.parameters(), name="lion")
+    hist = engine.fit(copy.deepcopy(initial_model), tiny.subset(torch.arange(64)), epochs=1, device="cpu",
+                      progress=False)
+    assert hist.precision == "float32"

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..data.dataset import FERDataset
-from ..engine import autocast, batch_input, resolve_device
+from ..engine import autocast, batch_input, make_optimizer, make_scaler, optimizer_step, resolve_device
 from ..losses.drm import drm_loss, high_group_size, high_importance_mask
 from ..models import AttentionWeight, features_and_logits
 
@@ -331,7 +331,8 @@ def train_drm(model: nn.Module, train: FERDataset, val: FERDataset | None = None
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     drm = DRM(model, beta=beta, delta1=delta1, gamma=gamma).to(device).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(drm.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = make_optimizer(drm.parameters(), name="adamw", lr=lr, weight_decay=weight_decay, device=device)
+    scaler = make_scaler(device)
 
     initial_labels = train.labels.detach().clone().cpu()
     labels = train.labels if inplace else train.labels.clone()          # on the dataset's device
@@ -361,9 +362,7 @@ def train_drm(model: nn.Module, train: FERDataset, val: FERDataset | None = None
             y = labels[index_data].to(device)
             with autocast(device):
                 loss, parts, alpha, logits = drm.loss(x, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            optimizer_step(loss, optimizer, scaler)
 
             with torch.no_grad():
                 alpha, logits = alpha.detach().float(), logits.detach().float()
