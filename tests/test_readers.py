@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fernb.data import decode as D
 from fernb.data import labels as L
 from fernb.data import readers as R
 from fernb.data.dataset import FERDataset
@@ -16,6 +17,13 @@ from fernb.data.readers import (CorruptImageError, DatasetLayoutError, DatasetNo
                                 load_rafdb, load_sfew)
 
 C = {name: i for i, name in enumerate(L.CLASSES_8)}      # canonical index by name
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Decoded-image caches go to this test's own folder, never to data/cache."""
+    monkeypatch.setenv("FERNB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("FERNB_DATA", raising=False)
 
 
 # ---- fixture writers ----------------------------------------------------------------------------------------------
@@ -192,7 +200,7 @@ def test_truncated_jpeg_raises_or_is_skipped_and_reported(tmp_path):
     truncate(bad)
     with pytest.raises(CorruptImageError, match="train_00002_aligned.jpg"):
         load_rafdb(root, size=48)
-    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+    with pytest.warns(UserWarning, match="skipped 1 image.*1 unreadable image"):
         ds = load_rafdb(root, size=48, skip_bad=True)
     assert ds.info["skipped"] == [str(bad)]
     assert ds.labels.tolist() == [C["sadness"], C["neutral"]] and len(ds) == 2
@@ -212,7 +220,7 @@ def test_missing_image_is_a_layout_error_or_skipped(tmp_path):
 def test_parallel_decoding_matches_order(tmp_path, monkeypatch):
     codes = {f"train_{i:05d}.jpg": 1 + i % 7 for i in range(1, 81)}
     root = make_rafdb(tmp_path / "RAF-DB", codes)
-    monkeypatch.setattr(R, "PARALLEL_MIN", 8)
+    monkeypatch.setattr(D, "PARALLEL_MIN", 8)
     ds = load_rafdb(root, size=48, channels=1)
     expected = torch.tensor([L.RAFDB[c] for c in codes.values()])
     assert torch.equal(ds.labels, expected)
@@ -231,7 +239,22 @@ def test_env_var_and_data_root_resolution(tmp_path, monkeypatch):
     monkeypatch.delenv("FERNB_DATA")
     with pytest.raises(DatasetNotFoundError, match="FERNB_DATA is not set"):
         load_rafdb()
-    assert len(load("rafdb", data_root=tmp_path, split="test", size=48)) == 2
+    assert len(load("rafdb", root, split="test", size=48)) == 2     # root = the dataset's own folder
+
+
+def test_data_root_is_the_dataset_folder_and_a_parent_is_named(tmp_path):
+    """Issue 8: one convention. root (a notebook's data_root) is the dataset's own folder; pointing it at the
+    parent folder (what FERNB_DATA holds) or at a wrapper folder names the folder that was meant."""
+    make_rafdb(tmp_path / "RAF-DB")
+    with pytest.raises(DatasetLayoutError, match=r"does not hold the dataset, but .*RAF-DB does"):
+        load_rafdb(tmp_path, size=48)
+    make_kdef(tmp_path / "KDEF_and_AKDEF" / "KDEF")
+    (tmp_path / "KDEF_and_AKDEF" / "AKDEF").mkdir()
+    with pytest.raises(DatasetLayoutError, match=r"KDEF_and_AKDEF/KDEF"):
+        load_kdef(tmp_path / "KDEF_and_AKDEF", size=48)
+    with pytest.raises(TypeError, match="own folder"):
+        load("rafdb", data_root=tmp_path)
+    assert R.resolve_root("rafdb", tmp_path / "RAF-DB") == tmp_path / "RAF-DB"
 
 
 # ---- FER2013 ------------------------------------------------------------------------------------------------------

@@ -1,73 +1,70 @@
-"""Readers for the real FER datasets, each from its official on-disk layout into one `FERDataset`.
+"""Readers for the real FER datasets, each from its layout as actually downloaded into one `FERDataset`.
 
 Nothing here downloads anything: every dataset is licensed per user, so you fetch it yourself and point fernb at
-it, either with an explicit ``root=`` (the dataset's own folder) or with the environment variable ``FERNB_DATA``
-(a folder holding every dataset under its default folder name, e.g. ``$FERNB_DATA/RAF-DB``). `load(name,
-data_root=...)` does the same with ``data_root`` in place of ``FERNB_DATA``. See data/README.md for the layouts and
-the label-code tables.
+it. **One convention** (data/README.md): ``root`` (a notebook's ``data_root``) is the dataset's *own* folder, the
+one that holds its label files (``.../RAF-DB`` with ``EmoLabel/`` inside); when it is None the dataset is looked
+for at ``$FERNB_DATA/<default folder>`` (`DEFAULT_FOLDERS`), so ``FERNB_DATA`` is the *parent* folder holding one
+folder per dataset. Pointing ``root`` at that parent by mistake names the subfolder you meant.
 
 Every reader:
 
 * maps the dataset's official label codes onto the canonical order of `fernb.data.labels`
   (0 neutral, 1 happiness, 2 sadness, 3 surprise, 4 fear, 5 disgust, 6 anger, 7 contempt);
-* decodes each image once with PIL: crop (AffectNet face box), centre-crop to a square (non-square images keep
-  their aspect ratio), convert to grayscale (``channels=1``) or RGB (``channels=3``), resize to ``size`` x ``size``
-  (bilinear, anti-aliased), giving a uint8 (N, C, size, size) tensor;
+* decodes each image once (`fernb.data.decode`): crop (AffectNet face box), centre-crop to a square, every PIL
+  mode to the right 8-bit image (16-bit, float, palette, alpha, CMYK ...), resize to ``size`` x ``size``, giving a
+  uint8 (N, C, size, size) tensor; in parallel with a progress bar, cached under ``data/cache/decoded`` and
+  resumable (a killed first decode of AffectNet's 290,000 images continues where it stopped);
+* handles the known quirks of real downloads by name, never by failing or dropping silently: macOS ``._*`` and
+  ``.DS_Store`` files and ``__MACOSX/`` folders are skipped and counted (``info["hidden_files"]``); KDEF's two
+  misnamed images are read under their right names (``info["quirks"]``); SFEW's nested ``Train_Aligned_Faces``
+  folders are read; label files with a byte-order mark (UTF-8/16/32) are read;
 * never drops anything silently: samples excluded by the dataset's own protocol (AffectNet codes 8-10, FERPlus
   unknown/NF majorities, contempt in a 7-class problem) are counted in ``info["excluded"]``; a missing root, a wrong
-  layout, a corrupt image or an unknown label raises an error that names the file (and row) and the expected
-  layout. With ``skip_bad=True`` corrupt or missing images are skipped instead, listed in ``info["skipped"]`` and
-  announced by a warning.
+  layout, a malformed csv row, a corrupt image, a face box outside its image or an unknown label raises an error
+  that names the file (and line) and the expected layout. With ``skip_bad=True`` missing and unreadable images and
+  bad face boxes are skipped instead, listed in ``info["skipped"]``, counted per reason in
+  ``info["skipped_reasons"]`` and announced by a warning. Images of one flat colour (blank frames) are kept and
+  listed in ``info["uniform_images"]``.
 
-``info`` holds ``source``, ``root``, ``split``, ``excluded`` (reason -> count) and ``skipped`` (paths) plus a few
-dataset-specific facts. ``clean_labels`` is always None: the true labels of a real dataset are unknown.
+Each reader is two steps, also available separately: ``plan_<dataset>(...)`` reads the label files into a
+`ReadPlan` (items, labels, subjects; nothing decoded yet) and ``ReadPlan.decode(size, channels)`` decodes it.
+`fernb.data.load_splits` uses the plans to split and subsample *before* decoding.
+
+``info`` holds ``source``, ``root``, ``split``, ``excluded`` (reason -> count), ``skipped`` (paths),
+``skipped_reasons``, ``uniform_images``, ``quirks`` and a few dataset-specific facts. ``clean_labels`` is always
+None: the true labels of a real dataset are unknown.
 """
 from __future__ import annotations
 
 import csv
 import os
 import re
-import warnings
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from . import labels as L
 from .dataset import FERDataset
-from .labels import UnknownLabelError
+from .decode import decode_items, image_loader, to_chw
+from .errors import (BadFaceBoxError, BadPixelRowError, CorruptImageError, DatasetError, DatasetLayoutError,
+                     DatasetNotFoundError, MissingImageError, UnknownLabelError)
+from .files import decode_error, is_hidden, open_text, read_text
 
 __all__ = [
-    "DATASETS", "DEFAULT_FOLDERS", "LAYOUTS", "ENV_VAR",
-    "DatasetError", "DatasetNotFoundError", "DatasetLayoutError", "CorruptImageError", "UnknownLabelError",
-    "load", "resolve_root",
+    "DATASETS", "DEFAULT_FOLDERS", "LAYOUTS", "ENV_VAR", "KDEF_MISNAMED",
+    "DatasetError", "DatasetNotFoundError", "DatasetLayoutError", "MissingImageError", "CorruptImageError",
+    "BadPixelRowError", "BadFaceBoxError", "UnknownLabelError",
+    "ReadPlan", "load", "plan", "resolve_root",
     "load_rafdb", "load_fer2013", "load_ferplus", "load_affectnet", "load_kdef", "load_sfew", "load_ckplus",
+    "plan_rafdb", "plan_fer2013", "plan_ferplus", "plan_affectnet", "plan_kdef", "plan_sfew", "plan_ckplus",
 ]
 
 ENV_VAR = "FERNB_DATA"
 DATASETS = ("rafdb", "fer2013", "ferplus", "affectnet", "affectnet8", "kdef", "sfew", "ckplus")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-PARALLEL_MIN = 64            # decode with a thread pool from this many images on (PIL releases the GIL)
-
-
-# ---- errors -------------------------------------------------------------------------------------------------------
-class DatasetError(Exception):
-    """Base class of the reader errors (UnknownLabelError, from labels.py, is a ValueError)."""
-
-
-class DatasetNotFoundError(DatasetError, FileNotFoundError):
-    """The dataset root does not exist (the message names the path tried and the expected layout)."""
-
-
-class DatasetLayoutError(DatasetError, ValueError):
-    """The root exists but does not hold the official layout (missing label file, malformed line, missing image)."""
-
-
-class CorruptImageError(DatasetError, ValueError):
-    """An image PIL cannot decode (corrupt, truncated), or a FER2013 pixel row that is not 48x48 bytes."""
 
 
 # ---- layouts ------------------------------------------------------------------------------------------------------
@@ -78,70 +75,128 @@ DEFAULT_FOLDERS = {
 
 LAYOUTS = {
     "rafdb": """\
-RAF-DB/                                    (root; basic emotion set)
+RAF-DB/                                    root: the folder holding EmoLabel/ and Image/ (the release's basic/)
   EmoLabel/list_patition_label.txt         lines "train_00001.jpg 5", "test_0001.jpg 1" (codes 1..7)
-  Image/aligned/train_00001_aligned.jpg    aligned=True (100x100 aligned faces)
-  Image/original/train_00001.jpg           aligned=False""",
+  Image/aligned/train_00001_aligned.jpg    aligned=True (100x100 aligned faces, from Image/aligned.zip)
+  Image/original/train_00001.jpg           aligned=False (from Image/original.zip)""",
     "fer2013": """\
-FER2013/                                   (root)
+FER2013/                                   root: the folder holding fer2013.csv
   fer2013.csv                              header "emotion,pixels,Usage"; pixels = 2304 ints 0..255 (48x48)
-                                           Usage Training / PublicTest / PrivateTest -> split train / val / test""",
+                                           Usage Training / PublicTest / PrivateTest -> split train / val / test
+                                           (Kaggle's icml_face_data.csv, same columns, is read when fer2013.csv
+                                           is absent)""",
     "ferplus": """\
-FERPlus/                                   (root)
+FERPlus/                                   root: the folder holding fer2013new.csv (the FERPlus repository)
   fer2013new.csv                           header "Usage,Image name,neutral,happiness,surprise,sadness,anger,
                                            disgust,fear,contempt,unknown,NF" (10 vote counts per row)
   fer2013.csv                              the original FER2013 csv, rows aligned 1:1 with fer2013new.csv
                                            (or ../FER2013/fer2013.csv, or pass fer2013_csv=...)""",
     "affectnet": """\
-AffectNet/                                 (root)
+AffectNet/                                 root: the folder holding Manually_Annotated_file_lists/
   Manually_Annotated_file_lists/
     training.csv                           header "subDirectory_filePath,face_x,face_y,face_width,
     validation.csv                         face_height,facial_landmarks,expression,valence,arousal"
-  Manually_Annotated_Images/
+  Manually_Annotated_Images/               (unzipped from Manually_Annotated_compressed/)
     689/737db2483489148d783ef278f43f486c0a97e140fc4b6b61b84363ca.jpg   (= subDirectory_filePath)""",
     "kdef": """\
-KDEF/                                      (root)
+KDEF/                                      root: the KDEF/ folder inside KDEF_and_AKDEF/
   AF01/AF01AFS.JPG                         <session A|B><gender F|M><id 01..35>/<same><expr><angle>.JPG
   AF01/AF01AFFL.JPG                        expr AF AN DI HA NE SA SU; angle FL HL S HR FR
   ...
+  AF31/AF31V.JPG                           release quirk: read as AF31SAHL (and AM31/AM31H.JPG as AM31SUHR)
   BM35/BM35SUHR.JPG""",
     "sfew": """\
-SFEW2/                                     (root)
-  Train/Angry/*.png|jpg                    class folders Angry Disgust Fear Happy Neutral Sad Surprise
-  Train/Disgust/...
-  Val/Angry/...                            split train -> Train/, val -> Val/""",
+SFEW2/                                     root: the folder holding Train/ and Val/
+  Train/Train_Aligned_Faces/Angry/*.png    as distributed; class folders Angry Disgust Fear Happy Neutral Sad
+  Train/Train_Aligned_Faces/Disgust/...    Surprise (Train/<Class>/ and Train_Aligned_Faces/<Class>/ are read too)
+  Val/Val_Aligned_Faces/Angry/...          split train -> Train, val -> Val (the test labels are not public)""",
     "ckplus": """\
-CK+/                                       (root)
+CK+/                                       root: the folder holding cohn-kanade-images/ and Emotion/
   cohn-kanade-images/S005/001/S005_001_00000001.png ... S005_001_00000011.png
   Emotion/S005/001/S005_001_00000011_emotion.txt      one float, e.g. "   3.0000000e+00" (codes 0..7)""",
 }
 LAYOUTS["affectnet8"] = LAYOUTS["affectnet"]
+
+_KDEF_SUBJECT = re.compile(r"^[AB][FM]\d{2}$", re.IGNORECASE)
+
+
+def _sfew_signature(root: Path) -> bool:
+    names = {d.name.lower() for d in root.iterdir() if d.is_dir()}
+    return bool(names & {"train", "val", "train_aligned_faces", "val_aligned_faces"})
+
+
+# What the dataset's own folder contains: used to tell a parent folder (or a wrapper folder) from the root.
+_SIGNATURES = {
+    "rafdb": lambda r: (r / "EmoLabel").is_dir(),
+    "fer2013": lambda r: (r / "fer2013.csv").is_file() or (r / "icml_face_data.csv").is_file(),
+    "ferplus": lambda r: (r / "fer2013new.csv").is_file(),
+    "affectnet": lambda r: (r / "Manually_Annotated_file_lists").is_dir(),
+    "kdef": lambda r: any(d.is_dir() and _KDEF_SUBJECT.match(d.name) for d in r.iterdir()),
+    "sfew": _sfew_signature,
+    "ckplus": lambda r: (r / "Emotion").is_dir() or (r / "cohn-kanade-images").is_dir(),
+}
+_SIGNATURES["affectnet8"] = _SIGNATURES["affectnet"]
 
 
 def _layout(key: str) -> str:
     return "Expected layout:\n" + LAYOUTS[key]
 
 
-def resolve_root(name: str, root=None, data_root=None) -> Path:
-    """The dataset folder: ``root`` if given, else ``data_root / <default folder>``, else ``$FERNB_DATA / <default
-    folder>``. Raises DatasetNotFoundError (naming the path tried and the expected layout) when it does not exist."""
+def _find_nested(root: Path, key: str, depth: int = 2, budget: int = 400) -> Path | None:
+    """The first folder at most `depth` levels below `root` that holds dataset `key` (the default folder name
+    first), or None. Only called when `root` itself does not hold it."""
+    level, seen = [root], 0
+    for _ in range(depth):
+        nxt = []
+        for d in level:
+            try:
+                children = sorted((c for c in d.iterdir() if c.is_dir() and not is_hidden(c)),
+                                  key=lambda c: (c.name != DEFAULT_FOLDERS[key], c.name))
+            except OSError:
+                continue
+            for c in children:
+                seen += 1
+                if seen > budget:
+                    return None
+                try:
+                    if _SIGNATURES[key](c):
+                        return c
+                except OSError:
+                    pass
+                nxt.append(c)
+        level = nxt
+    return None
+
+
+def resolve_root(name: str, root=None) -> Path:
+    """The dataset's own folder: ``root`` when given (a notebook's ``data_root``), else ``$FERNB_DATA/<default
+    folder>`` (`DEFAULT_FOLDERS`). Raises DatasetNotFoundError (naming the path tried and the expected layout)
+    when it does not exist, and DatasetLayoutError naming the right folder when ``root`` is a parent or wrapper
+    of the dataset (e.g. ``/data`` instead of ``/data/RAF-DB``, ``KDEF_and_AKDEF`` instead of its ``KDEF``)."""
     key = _canonical_name(name)
     folder = DEFAULT_FOLDERS[key]
-    how = "root argument"
-    if root is None and data_root is not None:
-        root, how = Path(data_root).expanduser() / folder, f"data_root={data_root!s} joined with {folder!r}"
     if root is None:
         env = os.environ.get(ENV_VAR)
         if not env:
             raise DatasetNotFoundError(
-                f"{folder}: no root given and ${ENV_VAR} is not set. Pass root=<path to {folder}> or set "
-                f"{ENV_VAR} to the folder holding {folder}/ (fernb never downloads datasets).\n{_layout(key)}")
+                f"{folder}: no dataset root given and ${ENV_VAR} is not set. Pass the dataset's own folder "
+                f"(data_root= / root=) or set {ENV_VAR} to the folder holding {folder}/ (fernb never downloads "
+                f"datasets).\n{_layout(key)}")
         root, how = Path(env).expanduser() / folder, f"${ENV_VAR}={env} joined with {folder!r}"
+    else:
+        how = "the dataset root passed"
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DatasetNotFoundError(
-            f"{folder}: dataset root {root} does not exist or is not a folder (from {how}). Point root= or "
-            f"${ENV_VAR} at your local copy (fernb never downloads datasets).\n{_layout(key)}")
+            f"{folder}: dataset root {root} does not exist or is not a folder ({how}). Point data_root / root= at "
+            f"your local copy of the dataset's own folder, or {ENV_VAR} at the folder holding {folder}/ (fernb "
+            f"never downloads datasets).\n{_layout(key)}")
+    if not _SIGNATURES[key](root):
+        nested = _find_nested(root, key)
+        if nested is not None:
+            raise DatasetLayoutError(
+                f"{folder}: {root} ({how}) does not hold the dataset, but {nested} does: pass {nested}. The "
+                f"dataset root is the dataset's own folder, not a folder above it.\n{_layout(key)}")
     return root
 
 
@@ -165,113 +220,12 @@ def _check_args(size, channels, split, splits):
         raise ValueError(f"size must be an integer in 48..224, got {size!r}")
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
+    _check_split(split, splits)
+
+
+def _check_split(split, splits):
     if split not in splits:
         raise ValueError(f"split must be one of {', '.join(map(repr, splits))}, got {split!r}")
-
-
-# ---- decoding -----------------------------------------------------------------------------------------------------
-def _to_chw(im: Image.Image, size: int, channels: int, box=None) -> np.ndarray:
-    """Crop (box, clamped to the image), centre-crop to a square, convert, resize; -> uint8 (C, size, size)."""
-    if box is not None:
-        x0, y0, x1, y1 = box
-        x0, y0 = max(0, int(round(x0))), max(0, int(round(y0)))
-        x1, y1 = min(im.width, int(round(x1))), min(im.height, int(round(y1)))
-        if x1 - x0 < 2 or y1 - y0 < 2:
-            raise ValueError(f"face box {tuple(box)} lies outside the {im.width}x{im.height} image")
-        im = im.crop((x0, y0, x1, y1))
-    if im.width != im.height:
-        side = min(im.width, im.height)
-        left, top = (im.width - side) // 2, (im.height - side) // 2
-        im = im.crop((left, top, left + side, top + side))
-    im = im.convert("L" if channels == 1 else "RGB")
-    if im.size != (size, size):
-        im = im.resize((size, size), Image.Resampling.BILINEAR)
-    arr = np.asarray(im, dtype=np.uint8)
-    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
-
-
-def _image_loader(size: int, channels: int, listed_in: str, key: str) -> Callable:
-    """item = (path, box or None) -> uint8 (C, size, size)."""
-    def load(item):
-        path, box = item
-        if not os.path.isfile(path):
-            raise DatasetLayoutError(f"image {path} (listed in {listed_in}) is missing (pass skip_bad=True to skip "
-                                     f"missing images).\n{_layout(key)}")
-        try:
-            with Image.open(path) as im:
-                im.load()                     # decode fully now: a truncated file fails here, not later
-                return _to_chw(im, size, channels, box)
-        except DatasetError:
-            raise
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            raise CorruptImageError(f"cannot decode image {path}: {e} (pass skip_bad=True to skip unreadable "
-                                    f"images; they are then listed in info['skipped'])") from e
-    return load
-
-
-def _decode_all(items: Sequence, loader: Callable, describe: Callable, size: int, channels: int,
-                skip_bad: bool, name: str):
-    """Decode every item into one preallocated uint8 array; returns (images, kept indexes, skipped descriptions)."""
-    n = len(items)
-    out = np.empty((n, channels, size, size), dtype=np.uint8)
-    errors: list = [None] * n
-    stop = [False]
-
-    def work(i):
-        if stop[0]:
-            return
-        try:
-            out[i] = loader(items[i])
-        except (CorruptImageError, DatasetLayoutError) as e:
-            errors[i] = e
-            if not skip_bad:
-                stop[0] = True
-
-    workers = min(8, os.cpu_count() or 1)
-    if n >= PARALLEL_MIN and workers > 1:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(work, range(n), chunksize=32))
-    else:
-        for i in range(n):
-            work(i)
-            if stop[0]:
-                break
-    bad = [i for i in range(n) if errors[i] is not None]
-    if bad and not skip_bad:
-        raise errors[bad[0]]
-    skipped = [describe(items[i]) for i in bad]
-    if skipped:
-        warnings.warn(f"{name}: skipped {len(skipped)} unreadable image(s) (skip_bad=True), listed in "
-                      f"info['skipped']; first: {errors[bad[0]]}", stacklevel=4)
-    keep = np.setdiff1d(np.arange(n), np.asarray(bad, dtype=np.int64))
-    images = out if not bad else out[keep]
-    return torch.from_numpy(np.ascontiguousarray(images)), keep, skipped
-
-
-def _assemble(*, key, split, root, source, items, loader, describe, labels, classes, size, channels, skip_bad,
-              excluded, soft=None, boxes=None, identities=None, meta=None, extra_info=None, name=None):
-    name = name or f"{key}-{split}"
-    if not items:
-        raise DatasetLayoutError(f"{name}: no samples found under {root} for split {split!r}.\n{_layout(key)}")
-    images, keep, skipped = _decode_all(items, loader, describe, size, channels, skip_bad, name)
-    keep_t = torch.from_numpy(keep)
-
-    def rows(values, dtype):
-        return None if values is None else torch.as_tensor(np.asarray(values), dtype=dtype)[keep_t]
-
-    info = {"source": source, "root": str(root), "split": split, "excluded": dict(excluded), "skipped": skipped}
-    info.update(extra_info or {})
-    return FERDataset(
-        images=images, labels=rows(labels, torch.int64), classes=tuple(classes), clean_labels=None,
-        soft_labels=rows(soft, torch.float32), boxes=rows(boxes, torch.float32),
-        identities=rows(identities, torch.int64),
-        meta={k: rows(v, torch.float32 if np.asarray(v).dtype.kind == "f" else torch.int64)
-              for k, v in (meta or {}).items()},
-        name=name, info=info)
-
-
-def _path_describe(item) -> str:
-    return str(item[0])
 
 
 def _is_number(text) -> bool:
@@ -290,21 +244,142 @@ def _int(text: str):
     return int(value) if value.is_integer() else None
 
 
+# ---- the plan: what to decode, with its labels --------------------------------------------------------------------
+def _path_describe(item) -> str:
+    return str(item[0])
+
+
+def _path_key(item) -> str:
+    return f"{item[0]}|{item[1]}"
+
+
+def _image_loader_factory(size: int, channels: int) -> Callable:
+    return image_loader(size, channels)
+
+
+@dataclass
+class ReadPlan:
+    """A dataset split read from its label files, not yet decoded: one item per sample (what to decode) beside
+    its label and per-sample facts. `take` subsets it (before paying for decoding), `decode` makes the
+    `FERDataset`. ``groups`` are the units a subject-independent split must keep together (KDEF and CK+
+    subjects, SFEW movies), or None."""
+
+    key: str
+    split: str
+    root: Path
+    source: str
+    name: str
+    items: list
+    labels: np.ndarray
+    classes: tuple
+    excluded: dict
+    describe: Callable = _path_describe
+    item_key: Callable = _path_key
+    make_loader: Callable = _image_loader_factory
+    soft: np.ndarray | None = None
+    boxes: np.ndarray | None = None
+    identities: np.ndarray | None = None
+    groups: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+    sources: tuple = ()
+
+    def __post_init__(self):
+        if not self.items:
+            raise DatasetLayoutError(f"{self.name}: no samples found under {self.root} for split "
+                                     f"{self.split!r}.\n{_layout(self.key)}")
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def take(self, index) -> "ReadPlan":
+        """The samples at `index` (int array), in that order."""
+        index = np.asarray(index, dtype=np.int64)
+
+        def rows(v):
+            return None if v is None else np.asarray(v)[index]
+
+        return replace(self, items=[self.items[i] for i in index], labels=self.labels[index],
+                       soft=rows(self.soft), boxes=rows(self.boxes), identities=rows(self.identities),
+                       groups=rows(self.groups), meta={k: np.asarray(v)[index] for k, v in self.meta.items()},
+                       info=dict(self.info))
+
+    def decode(self, size: int = 64, channels: int = 3, *, skip_bad: bool = False, cache=True, progress=None,
+               workers: int | None = None) -> FERDataset:
+        """Decode every item into a `FERDataset` (uint8 (N, channels, size, size)); see `fernb.data.decode`."""
+        _check_args(size, channels, self.split, (self.split,))
+        decoded = decode_items(self.items, self.make_loader(int(size), int(channels)), size=int(size),
+                               channels=int(channels), keys=[self.item_key(it) for it in self.items],
+                               describe=self.describe, name=self.name, skip_bad=skip_bad, cache=cache,
+                               sources=self.sources, progress=progress, workers=workers)
+        keep = torch.from_numpy(decoded.keep)
+
+        def rows(values, dtype):
+            return None if values is None else torch.as_tensor(np.asarray(values), dtype=dtype)[keep]
+
+        info = {"source": self.source, "root": str(self.root), "split": self.split,
+                "excluded": dict(self.excluded), "skipped": decoded.skipped,
+                "skipped_reasons": decoded.skipped_reasons, "uniform_images": decoded.uniform,
+                "quirks": [], "cache_file": decoded.cache_file}
+        info.update(self.info)
+        return FERDataset(
+            images=decoded.images, labels=rows(self.labels, torch.int64), classes=tuple(self.classes),
+            clean_labels=None, soft_labels=rows(self.soft, torch.float32), boxes=rows(self.boxes, torch.float32),
+            identities=rows(self.identities, torch.int64),
+            meta={k: rows(v, torch.float32 if np.asarray(v).dtype.kind == "f" else torch.int64)
+                  for k, v in self.meta.items()},
+            name=self.name, info=info)
+
+
+# ---- text and csv files -------------------------------------------------------------------------------------------
+def _read_csv(path: Path, required: Sequence[str], key: str, default_header: Sequence[str] | None = None):
+    """-> (header, list of (line number, row dict)). The header must name `required`; a file whose first line is
+    data of `default_header`'s width, with numbers in fields 1..4 (AffectNet's validation.csv ships without a
+    header in some copies), is read with `default_header`. Every row must have the header's number of fields
+    (trailing empty fields aside): a short or long row raises DatasetLayoutError naming the file and line. Read
+    as UTF-8, or UTF-8/16/32 with a byte-order mark."""
+    f, encoding = open_text(path, newline="")
+    reader = csv.reader(f)
+    rows = []
+    try:
+        with f:
+            first = next(reader, None) or []
+            header = [h.strip() for h in first]
+            if (default_header is not None and len(first) == len(default_header)
+                    and all(_is_number(v) for v in first[1:5])):          # numbers where a header has names
+                header = list(default_header)
+                rows.append((reader.line_num, dict(zip(header, first))))
+            else:
+                missing = [c for c in required if c not in header]
+                if missing:
+                    raise DatasetLayoutError(f"{path}: header {','.join(header)!r} lacks column(s) "
+                                             f"{', '.join(missing)}; expected {','.join(required)!r}.\n"
+                                             f"{_layout(key)}")
+            width = len(header)
+            for row in reader:
+                if not row or not any(c.strip() for c in row):
+                    continue
+                if len(row) > width and not any(c.strip() for c in row[width:]):
+                    row = row[:width]
+                if len(row) != width:
+                    got = ",".join(row)
+                    raise DatasetLayoutError(
+                        f"{path} line {reader.line_num}: malformed row with {len(row)} field(s), expected {width} "
+                        f"({','.join(header)}); the row reads {got[:120]!r}{'...' if len(got) > 120 else ''}.\n"
+                        f"{_layout(key)}")
+                rows.append((reader.line_num, dict(zip(header, row))))
+    except UnicodeDecodeError as e:
+        raise decode_error(path, encoding, e, line=reader.line_num + 1) from None
+    except csv.Error as e:
+        raise DatasetLayoutError(f"{path} line {reader.line_num}: malformed csv ({e}).\n{_layout(key)}") from None
+    return header, rows
+
+
 # ---- RAF-DB -------------------------------------------------------------------------------------------------------
-def load_rafdb(root=None, split="train", size=64, channels=3, aligned=True, skip_bad=False) -> FERDataset:
-    """RAF-DB basic emotion set (Li et al., CVPR 2017): 12,271 train / 3,068 test images, 7 classes.
-
-    Layout (root defaults to $FERNB_DATA/RAF-DB)::
-
-        RAF-DB/
-          EmoLabel/list_patition_label.txt         lines "train_00001.jpg 5", "test_0001.jpg 1"
-          Image/aligned/train_00001_aligned.jpg    aligned=True (100x100 aligned faces)
-          Image/original/train_00001.jpg           aligned=False
-
-    (``list_partition_label.txt`` is accepted too.) The split comes from the file-name prefix (train_/test_).
-    Codes: 1 surprise, 2 fear, 3 disgust, 4 happiness, 5 sadness, 6 anger, 7 neutral (`labels.RAFDB`).
-    """
-    _check_args(size, channels, split, ("train", "test"))
+def plan_rafdb(root=None, split="train", aligned=True) -> ReadPlan:
+    """The RAF-DB `ReadPlan` (labels read, nothing decoded); `load_rafdb` documents the layout."""
+    _check_split(split, ("train", "test"))
     root = resolve_root("rafdb", root)
     emo = root / "EmoLabel"
     label_file = emo / "list_patition_label.txt"
@@ -316,34 +391,52 @@ def load_rafdb(root=None, split="train", size=64, channels=3, aligned=True, skip
         raise DatasetLayoutError(f"RAF-DB image folder not found: expected {image_dir} (aligned={aligned}).\n"
                                  f"{_layout('rafdb')}")
     items, labels = [], []
-    with open(label_file, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 2:
-                raise DatasetLayoutError(f"{label_file} line {line_no}: expected '<image name> <code>', got "
-                                         f"{line.strip()!r}.\n{_layout('rafdb')}")
-            fname, code_text = parts
-            code = _int(code_text)
-            if code not in L.RAFDB:
-                raise UnknownLabelError(f"{label_file} line {line_no}: unknown RAF-DB label {code_text!r} for "
-                                        f"{fname}; expected 1..7 (1 surprise 2 fear 3 disgust 4 happiness "
-                                        f"5 sadness 6 anger 7 neutral)")
-            prefix = fname.split("_", 1)[0]
-            if prefix not in ("train", "test"):
-                raise DatasetLayoutError(f"{label_file} line {line_no}: image name {fname!r} does not start with "
-                                         f"train_ or test_.\n{_layout('rafdb')}")
-            if prefix != split:
-                continue
-            stem, ext = os.path.splitext(fname)
-            path = image_dir / (f"{stem}_aligned{ext}" if aligned else fname)
-            items.append((str(path), None))
-            labels.append(L.RAFDB[code])
-    return _assemble(key="rafdb", split=split, root=root, source="RAF-DB basic", items=items,
-                     loader=_image_loader(size, channels, str(label_file), "rafdb"), describe=_path_describe,
-                     labels=labels, classes=L.classes(7), size=size, channels=channels, skip_bad=skip_bad,
-                     excluded={}, extra_info={"aligned": bool(aligned), "label_file": str(label_file)})
+    for line_no, line in enumerate(read_text(label_file).splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2:
+            raise DatasetLayoutError(f"{label_file} line {line_no}: expected '<image name> <code>', got "
+                                     f"{line.strip()!r}.\n{_layout('rafdb')}")
+        fname, code_text = parts
+        code = _int(code_text)
+        if code not in L.RAFDB:
+            raise UnknownLabelError(f"{label_file} line {line_no}: unknown RAF-DB label {code_text!r} for "
+                                    f"{fname}; expected 1..7 (1 surprise 2 fear 3 disgust 4 happiness "
+                                    f"5 sadness 6 anger 7 neutral)")
+        prefix = fname.split("_", 1)[0]
+        if prefix not in ("train", "test"):
+            raise DatasetLayoutError(f"{label_file} line {line_no}: image name {fname!r} does not start with "
+                                     f"train_ or test_.\n{_layout('rafdb')}")
+        if prefix != split:
+            continue
+        stem, ext = os.path.splitext(fname)
+        path = image_dir / (f"{stem}_aligned{ext}" if aligned else fname)
+        items.append((str(path), None, f"{label_file} line {line_no}"))
+        labels.append(L.RAFDB[code])
+    return ReadPlan(key="rafdb", split=split, root=root, source="RAF-DB basic", name=f"rafdb-{split}",
+                    items=items, labels=labels, classes=L.classes(7), excluded={},
+                    info={"aligned": bool(aligned), "label_file": str(label_file)})
+
+
+def load_rafdb(root=None, split="train", size=64, channels=3, aligned=True, skip_bad=False, cache=True,
+               progress=None, workers=None) -> FERDataset:
+    """RAF-DB basic emotion set (Li et al., CVPR 2017): 12,271 train / 3,068 test images, 7 classes.
+
+    Layout (root: the release's ``basic/`` folder; default $FERNB_DATA/RAF-DB)::
+
+        RAF-DB/
+          EmoLabel/list_patition_label.txt         lines "train_00001.jpg 5", "test_0001.jpg 1"
+          Image/aligned/train_00001_aligned.jpg    aligned=True (100x100 aligned faces)
+          Image/original/train_00001.jpg           aligned=False
+
+    (``list_partition_label.txt`` is accepted too; a label file with a byte-order mark is read.) The split comes
+    from the file-name prefix (train_/test_). Codes: 1 surprise, 2 fear, 3 disgust, 4 happiness, 5 sadness,
+    6 anger, 7 neutral (`labels.RAFDB`). ``cache``, ``progress``, ``workers``: see `fernb.data.decode`.
+    """
+    _check_args(size, channels, split, ("train", "test"))
+    return plan_rafdb(root, split, aligned).decode(size, channels, skip_bad=skip_bad, cache=cache,
+                                                   progress=progress, workers=workers)
 
 
 # ---- FER2013 / FERPlus --------------------------------------------------------------------------------------------
@@ -351,54 +444,33 @@ FER2013_USAGE = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"
 FERPLUS_HEADER = ("Usage", "Image name") + L.FERPLUS_COLUMNS + ("unknown", "NF")
 
 
-def _read_csv(path: Path, required: Sequence[str], key: str, default_header: Sequence[str] | None = None):
-    """-> (header, list of (line number, row dict)). Checks that the header names `required`; a file whose first
-    line is data of `default_header`'s width, with numbers in fields 1..4 (AffectNet's validation.csv ships
-    without a header in some copies), is read with `default_header`."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        first = next(reader, None) or []
-        header = [h.strip() for h in first]
-        rows = []
-        if (default_header is not None and len(first) == len(default_header)
-                and all(_is_number(v) for v in first[1:5])):          # numbers where a header has names
-            header = list(default_header)
-            rows.append((reader.line_num, dict(zip(header, first))))
-        else:
-            missing = [c for c in required if c not in header]
-            if missing:
-                raise DatasetLayoutError(f"{path}: header {','.join(header)!r} lacks column(s) {', '.join(missing)}"
-                                         f"; expected {','.join(required)!r}.\n{_layout(key)}")
-        for row in reader:
-            if row:
-                rows.append((reader.line_num, dict(zip(header, row))))
-    return header, rows
+def _fer_pixels(item) -> np.ndarray:
+    """item = (csv path, line number, pixel string) -> uint8 (48, 48); BadPixelRowError naming file and line."""
+    path, line_no, text = item
+    tokens = (text or "").split()
+    try:
+        pixels = np.asarray(tokens, dtype=np.int64)
+    except (ValueError, OverflowError):
+        bad = next((t for t in tokens if not t.lstrip("-").isdigit()), None) or max(tokens, key=len)
+        raise BadPixelRowError(f"{path} row at line {line_no}: pixel value {bad!r} is not an integer 0..255 "
+                               f"(pass skip_bad=True to skip bad rows)") from None
+    if pixels.size != 48 * 48:
+        raise BadPixelRowError(f"{path} row at line {line_no}: {pixels.size} pixel values, expected 2304 (48x48) "
+                               f"(pass skip_bad=True to skip bad rows)")
+    if pixels.min() < 0 or pixels.max() > 255:
+        raise BadPixelRowError(f"{path} row at line {line_no}: pixel values must lie in 0..255, got "
+                               f"{pixels.min()}..{pixels.max()} (pass skip_bad=True to skip bad rows)")
+    return pixels.astype(np.uint8).reshape(48, 48)
 
 
-def _fer_pixels_loader(size: int, channels: int) -> Callable:
-    """item = (csv path, line number, pixel string) -> uint8 (C, size, size)."""
+def _fer_loader_factory(size: int, channels: int) -> Callable:
+    from PIL import Image
+
     def load(item):
-        path, line_no, text = item
-        text = text or ""
-        try:
-            pixels = np.fromstring(text, dtype=np.int64, sep=" ")
-        except ValueError:
-            pixels = None
-        if pixels is None or pixels.size != 48 * 48:
-            tokens = text.split()
-            for t in tokens:
-                if not t.isdigit():
-                    raise CorruptImageError(f"{path} row at line {line_no}: pixel value {t!r} is not an integer "
-                                            f"0..255 (pass skip_bad=True to skip bad rows)")
-            raise CorruptImageError(f"{path} row at line {line_no}: {len(tokens)} pixel values, expected 2304 "
-                                    f"(48x48) (pass skip_bad=True to skip bad rows)")
-        if pixels.min() < 0 or pixels.max() > 255:
-            raise CorruptImageError(f"{path} row at line {line_no}: pixel values must lie in 0..255, got "
-                                    f"{pixels.min()}..{pixels.max()}")
-        img = pixels.astype(np.uint8).reshape(48, 48)
+        img = _fer_pixels(item)
         if size == 48 and channels == 1:
             return img[None]
-        return _to_chw(Image.fromarray(img, mode="L"), size, channels)
+        return to_chw(Image.fromarray(img, mode="L"), size, channels)
     return load
 
 
@@ -414,22 +486,18 @@ def _fer_usage(path, line_no, row, key):
     return FER2013_USAGE[usage]
 
 
-def load_fer2013(root=None, split="train", size=64, channels=1, skip_bad=False) -> FERDataset:
-    """FER2013 (Goodfellow et al., 2013): 35,887 48x48 grayscale faces, 7 classes.
+def _fer2013_csv(root: Path) -> Path:
+    for name in ("fer2013.csv", "icml_face_data.csv"):
+        if (root / name).is_file():
+            return root / name
+    return _need_file(root / "fer2013.csv", "fer2013", "FER2013 csv")
 
-    Layout (root defaults to $FERNB_DATA/FER2013)::
 
-        FER2013/
-          fer2013.csv      header "emotion,pixels,Usage"; pixels = 2304 space-separated ints 0..255
-
-    Usage Training / PublicTest / PrivateTest -> split "train" (28,709) / "val" (3,589) / "test" (3,589);
-    split="all" takes every row. Codes: 0 anger, 1 disgust, 2 fear, 3 happiness, 4 sadness, 5 surprise,
-    6 neutral (`labels.FER2013`). A row whose pixels are not 2304 integers 0..255 raises CorruptImageError naming
-    the CSV line (skipped with skip_bad=True); an unknown emotion code raises UnknownLabelError.
-    """
-    _check_args(size, channels, split, ("train", "val", "test", "all"))
+def plan_fer2013(root=None, split="train") -> ReadPlan:
+    """The FER2013 `ReadPlan`; `load_fer2013` documents the layout."""
+    _check_split(split, ("train", "val", "test", "all"))
     root = resolve_root("fer2013", root)
-    csv_path = _need_file(root / "fer2013.csv", "fer2013", "FER2013 csv")
+    csv_path = _fer2013_csv(root)
     _, rows = _read_csv(csv_path, ("emotion", "pixels", "Usage"), "fer2013")
     items, labels = [], []
     for line_no, row in rows:
@@ -442,42 +510,39 @@ def load_fer2013(root=None, split="train", size=64, channels=1, skip_bad=False) 
                                     f"expected 0..6 (0 angry 1 disgust 2 fear 3 happy 4 sad 5 surprise 6 neutral)")
         items.append((str(csv_path), line_no, row.get("pixels")))
         labels.append(L.FER2013[code])
-    return _assemble(key="fer2013", split=split, root=root, source="FER2013", items=items,
-                     loader=_fer_pixels_loader(size, channels), describe=_fer_describe, labels=labels,
-                     classes=L.classes(7), size=size, channels=channels, skip_bad=skip_bad, excluded={},
-                     extra_info={"csv": str(csv_path)})
+    return ReadPlan(key="fer2013", split=split, root=root, source="FER2013", name=f"fer2013-{split}", items=items,
+                    labels=labels, classes=L.classes(7), excluded={}, describe=_fer_describe,
+                    item_key=_fer_describe, make_loader=_fer_loader_factory, info={"csv": str(csv_path)},
+                    sources=(str(csv_path),))
+
+
+def load_fer2013(root=None, split="train", size=64, channels=1, skip_bad=False, cache=True, progress=None,
+                 workers=None) -> FERDataset:
+    """FER2013 (Goodfellow et al., 2013): 35,887 48x48 grayscale faces, 7 classes.
+
+    Layout (root default $FERNB_DATA/FER2013)::
+
+        FER2013/
+          fer2013.csv      header "emotion,pixels,Usage"; pixels = 2304 space-separated ints 0..255
+
+    (Kaggle's ``icml_face_data.csv``, the same columns in another order, is read when fer2013.csv is absent.)
+    Usage Training / PublicTest / PrivateTest -> split "train" (28,709) / "val" (3,589) / "test" (3,589);
+    split="all" takes every row. Codes: 0 anger, 1 disgust, 2 fear, 3 happiness, 4 sadness, 5 surprise,
+    6 neutral (`labels.FER2013`). A row with the wrong number of fields raises DatasetLayoutError naming the line;
+    a row whose pixels are not 2304 integers 0..255 raises BadPixelRowError naming the line (skipped with
+    skip_bad=True); an unknown emotion code raises UnknownLabelError.
+    """
+    _check_args(size, channels, split, ("train", "val", "test", "all"))
+    return plan_fer2013(root, split).decode(size, channels, skip_bad=skip_bad, cache=cache, progress=progress,
+                                            workers=workers)
 
 
 _FERPLUS_TO_CANON = [L.index(c) for c in L.FERPLUS_COLUMNS]     # FERPlus column j -> canonical index
 
 
-def load_ferplus(root=None, split="train", size=64, channels=1, mode="majority", fer2013_csv=None,
-                 skip_bad=False) -> FERDataset:
-    """FERPlus (Barsoum et al., ICMI 2016): the FER2013 images relabelled by 10 annotators, 8 classes.
-
-    Layout (root defaults to $FERNB_DATA/FERPlus)::
-
-        FERPlus/
-          fer2013new.csv   header "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,
-                           contempt,unknown,NF" (vote counts), rows aligned 1:1 with fer2013.csv
-          fer2013.csv      the original FER2013 csv (or ../FER2013/fer2013.csv, or pass fer2013_csv=...)
-
-    Images come from fer2013.csv's pixels, the split from its Usage column (train / val / test / all).
-    ``soft_labels`` is each row's vote distribution over the 8 emotions (raw counts, unknown and NF left out),
-    in canonical order. ``labels``:
-
-    * ``mode="majority"`` (the official FERPlus script): votes of 1 are dropped as outliers, then a class needs
-      more than half of the remaining votes; a row with no such class, or whose majority is unknown/NF, is
-      excluded.
-    * ``mode="plurality"``: the class with the most votes, ties broken by the first in canonical order
-      (neutral, happiness, sadness, surprise, fear, disgust, anger, contempt); a row is excluded when unknown or
-      NF gets strictly more votes than every emotion.
-
-    Rows with an empty image name (dropped by the FERPlus authors) are excluded too. Every exclusion is counted in
-    ``info["excluded"]``: "no image name", "majority unknown/NF", "no majority" (majority mode), "no votes"
-    (plurality mode, only when such rows occur).
-    """
-    _check_args(size, channels, split, ("train", "val", "test", "all"))
+def plan_ferplus(root=None, split="train", mode="majority", fer2013_csv=None) -> ReadPlan:
+    """The FERPlus `ReadPlan`; `load_ferplus` documents the layout and the label rules."""
+    _check_split(split, ("train", "val", "test", "all"))
     if mode not in ("majority", "plurality"):
         raise ValueError(f"mode must be 'majority' or 'plurality', got {mode!r}")
     root = resolve_root("ferplus", root)
@@ -500,7 +565,7 @@ def load_ferplus(root=None, split="train", size=64, channels=1, mode="majority",
     excluded = {"no image name": 0, "majority unknown/NF": 0}
     if mode == "majority":
         excluded["no majority"] = 0
-    items, labels, soft, image_names = [], [], [], []
+    items, labels, soft = [], [], []
     for (line_no, row), (fer_line, fer_row) in zip(new_rows, fer_rows):
         usage = _fer_usage(fer_path, fer_line, fer_row, "fer2013")
         if (row.get("Usage") or "").strip() != (fer_row.get("Usage") or "").strip():
@@ -514,8 +579,9 @@ def load_ferplus(root=None, split="train", size=64, channels=1, mode="majority",
         except (TypeError, ValueError):
             raise DatasetLayoutError(f"{new_path} line {line_no}: vote counts must be numbers, got "
                                      f"{[row.get(c) for c in FERPLUS_HEADER[2:]]}.\n{_layout('ferplus')}") from None
-        if (votes < 0).any():
-            raise DatasetLayoutError(f"{new_path} line {line_no}: negative vote count {votes.tolist()}")
+        if (votes < 0).any() or not np.isfinite(votes).all():
+            raise DatasetLayoutError(f"{new_path} line {line_no}: vote counts must be finite and >= 0, got "
+                                     f"{votes.tolist()}.\n{_layout('ferplus')}")
         image_name = (row.get("Image name") or "").strip()
         if not image_name:
             excluded["no image name"] += 1
@@ -540,13 +606,44 @@ def load_ferplus(root=None, split="train", size=64, channels=1, mode="majority",
         items.append((str(fer_path), fer_line, fer_row.get("pixels")))
         labels.append(top)
         soft.append(canon[:8] / canon[:8].sum())
-        image_names.append(image_name)
-    ds = _assemble(key="ferplus", split=split, root=root, source=f"FERPlus ({mode} labels)", items=items,
-                   loader=_fer_pixels_loader(size, channels), describe=_fer_describe, labels=labels,
-                   classes=L.classes(8), size=size, channels=channels, skip_bad=skip_bad, excluded=excluded,
-                   soft=np.asarray(soft, dtype=np.float32).reshape(-1, 8),
-                   extra_info={"mode": mode, "label_file": str(new_path), "csv": str(fer_path)})
-    return ds
+    return ReadPlan(key="ferplus", split=split, root=root, source=f"FERPlus ({mode} labels)",
+                    name=f"ferplus-{split}", items=items, labels=labels, classes=L.classes(8), excluded=excluded,
+                    describe=_fer_describe, item_key=_fer_describe, make_loader=_fer_loader_factory,
+                    soft=np.asarray(soft, dtype=np.float32).reshape(-1, 8),
+                    info={"mode": mode, "label_file": str(new_path), "csv": str(fer_path)},
+                    sources=(str(fer_path),))
+
+
+def load_ferplus(root=None, split="train", size=64, channels=1, mode="majority", fer2013_csv=None,
+                 skip_bad=False, cache=True, progress=None, workers=None) -> FERDataset:
+    """FERPlus (Barsoum et al., ICMI 2016): the FER2013 images relabelled by 10 annotators, 8 classes.
+
+    Layout (root: the FERPlus repository's folder; default $FERNB_DATA/FERPlus)::
+
+        FERPlus/
+          fer2013new.csv   header "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,
+                           contempt,unknown,NF" (vote counts), rows aligned 1:1 with fer2013.csv
+          fer2013.csv      the original FER2013 csv (or ../FER2013/fer2013.csv, or pass fer2013_csv=...)
+
+    Images come from fer2013.csv's pixels, the split from its Usage column (train / val / test / all).
+    ``soft_labels`` is each row's vote distribution over the 8 emotions (raw counts, unknown and NF left out),
+    in canonical order. ``labels``:
+
+    * ``mode="majority"`` (the official FERPlus script): votes of 1 are dropped as outliers, then a class needs
+      more than half of the remaining votes; a row with no such class, or whose majority is unknown/NF, is
+      excluded.
+    * ``mode="plurality"``: the class with the most votes, ties broken by the first in canonical order
+      (neutral, happiness, sadness, surprise, fear, disgust, anger, contempt); a row is excluded when unknown or
+      NF gets strictly more votes than every emotion.
+
+    Rows with an empty image name (dropped by the FERPlus authors) are excluded too. Every exclusion is counted in
+    ``info["excluded"]``: "no image name", "majority unknown/NF", "no majority" (majority mode), "no votes"
+    (plurality mode, only when such rows occur). A row of either csv with the wrong number of fields raises
+    DatasetLayoutError naming the file and line.
+    """
+    _check_args(size, channels, split, ("train", "val", "test", "all"))
+    return plan_ferplus(root, split, mode, fer2013_csv).decode(size, channels, skip_bad=skip_bad, cache=cache,
+                                                               progress=progress, workers=workers)
 
 
 # ---- AffectNet ----------------------------------------------------------------------------------------------------
@@ -555,25 +652,16 @@ AFFECTNET_HEADER = ("subDirectory_filePath", "face_x", "face_y", "face_width", "
                     "expression", "valence", "arousal")
 
 
-def load_affectnet(root=None, split="train", size=64, channels=3, num_classes=7, skip_bad=False) -> FERDataset:
-    """AffectNet, manually annotated part (Mollahosseini et al., 2017): 7 classes (contempt dropped) or 8.
+def _float_or_nan(text) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return float("nan")
 
-    Layout (root defaults to $FERNB_DATA/AffectNet)::
 
-        AffectNet/
-          Manually_Annotated_file_lists/training.csv     header "subDirectory_filePath,face_x,face_y,face_width,
-          Manually_Annotated_file_lists/validation.csv   face_height,facial_landmarks,expression,valence,arousal"
-          Manually_Annotated_Images/<subDirectory_filePath>   e.g. 689/737db24...jpg
-
-    split "train" reads training.csv; "val" and "test" both read validation.csv (the official test set is not
-    public, so papers report on the validation set); a file list without a header row is read with the standard
-    columns. Codes 0 neutral, 1 happiness, 2 sadness, 3 surprise, 4 fear,
-    5 disgust, 6 anger, 7 contempt (= canonical order). Codes 8 none, 9 uncertain, 10 non-face are excluded by the
-    protocol (so is 7 when num_classes=7), counted in info["excluded"]; any other code raises UnknownLabelError.
-    Each image is cropped to its face box before resizing; ``boxes`` keeps that box (x0, y0, x1, y1) in the
-    original image's pixels, ``meta`` holds valence and arousal.
-    """
-    _check_args(size, channels, split, ("train", "val", "test"))
+def plan_affectnet(root=None, split="train", num_classes=7) -> ReadPlan:
+    """The AffectNet `ReadPlan`; `load_affectnet` documents the layout."""
+    _check_split(split, ("train", "val", "test"))
     if num_classes not in (7, 8):
         raise ValueError(f"num_classes must be 7 or 8, got {num_classes!r}")
     key = "affectnet" if num_classes == 7 else "affectnet8"
@@ -607,40 +695,132 @@ def load_affectnet(root=None, split="train", size=64, channels=3, num_classes=7,
         except (TypeError, ValueError):
             raise DatasetLayoutError(f"{csv_path} row at line {line_no}: face box must be numbers, got "
                                      f"{[row.get(c) for c in ('face_x', 'face_y', 'face_width', 'face_height')]}"
-                                     ) from None
+                                     f".\n{_layout(key)}") from None
         rel = (row.get("subDirectory_filePath") or "").strip()
+        if not rel:
+            raise DatasetLayoutError(f"{csv_path} row at line {line_no}: empty subDirectory_filePath.\n"
+                                     f"{_layout(key)}")
         box = (x, y, x + w, y + h)
-        items.append((str(image_dir / rel), box))
+        items.append((str(image_dir / rel), box, f"{csv_path} line {line_no}"))
         labels.append(label)
         boxes.append(box)
         valence.append(_float_or_nan(row.get("valence")))
         arousal.append(_float_or_nan(row.get("arousal")))
-    return _assemble(key=key, split=split, root=root, source=f"AffectNet ({num_classes} classes)", items=items,
-                     loader=_image_loader(size, channels, str(csv_path), key), describe=_path_describe, labels=labels,
-                     classes=L.classes(num_classes), size=size, channels=channels, skip_bad=skip_bad,
-                     excluded=excluded, boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
-                     meta={"valence": np.asarray(valence, dtype=np.float32),
-                           "arousal": np.asarray(arousal, dtype=np.float32)},
-                     extra_info={"file_list": str(csv_path),
-                                 "boxes": "face box x0,y0,x1,y1 in original-image pixels; images are its crop"})
+    return ReadPlan(key=key, split=split, root=root, source=f"AffectNet ({num_classes} classes)",
+                    name=f"{key}-{split}", items=items, labels=labels, classes=L.classes(num_classes),
+                    excluded=excluded, boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+                    meta={"valence": np.asarray(valence, dtype=np.float32),
+                          "arousal": np.asarray(arousal, dtype=np.float32)},
+                    info={"file_list": str(csv_path),
+                          "boxes": "face box x0,y0,x1,y1 in original-image pixels; images are its crop"})
 
 
-def _float_or_nan(text) -> float:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return float("nan")
+def load_affectnet(root=None, split="train", size=64, channels=3, num_classes=7, skip_bad=False, cache=True,
+                   progress=None, workers=None) -> FERDataset:
+    """AffectNet, manually annotated part (Mollahosseini et al., 2017): 7 classes (contempt dropped) or 8.
+
+    Layout (root default $FERNB_DATA/AffectNet)::
+
+        AffectNet/
+          Manually_Annotated_file_lists/training.csv     header "subDirectory_filePath,face_x,face_y,face_width,
+          Manually_Annotated_file_lists/validation.csv   face_height,facial_landmarks,expression,valence,arousal"
+          Manually_Annotated_Images/<subDirectory_filePath>   e.g. 689/737db24...jpg
+
+    split "train" reads training.csv (about 287,000 rows, 7-class usable about 280,000); "val" and "test" both
+    read validation.csv (the official test set is not public, so papers report on the validation set); a file
+    list without a header row is read with the standard columns. Codes 0 neutral, 1 happiness, 2 sadness,
+    3 surprise, 4 fear, 5 disgust, 6 anger, 7 contempt (= canonical order). Codes 8 none, 9 uncertain,
+    10 non-face are excluded by the protocol (so is 7 when num_classes=7), counted in info["excluded"]; any
+    other code raises UnknownLabelError. Each image is cropped to its face box before resizing; ``boxes`` keeps
+    that box (x0, y0, x1, y1) in the original image's pixels, ``meta`` holds valence and arousal. A box that is
+    empty or lies outside its image raises BadFaceBoxError naming the box, the csv line and the image size
+    (skip_bad=True skips it, counted under "face box outside image").
+    """
+    _check_args(size, channels, split, ("train", "val", "test"))
+    return plan_affectnet(root, split, num_classes).decode(size, channels, skip_bad=skip_bad, cache=cache,
+                                                           progress=progress, workers=workers)
 
 
 # ---- KDEF ---------------------------------------------------------------------------------------------------------
 KDEF_ANGLES = ("FL", "HL", "S", "HR", "FR")
 _KDEF_NAME = re.compile(r"^([AB])([FM])(\d{2})([A-Z]{2})([A-Z]{1,2})$", re.IGNORECASE)
+# Files misnamed in the KDEF release, by the name they carry -> the name they should have. AF31 lacks its SA-HL
+# image and holds an extra "AF31V"; AM31 lacks SU-HR and holds "AM31H" (public loaders rename them the same way).
+KDEF_MISNAMED = {"AF31V": "AF31SAHL", "AM31H": "AM31SUHR"}
 
 
-def load_kdef(root=None, split="all", size=64, channels=3, angles=KDEF_ANGLES, skip_bad=False) -> FERDataset:
+def plan_kdef(root=None, split="all", angles=KDEF_ANGLES) -> ReadPlan:
+    """The KDEF `ReadPlan`; `load_kdef` documents the layout and the release quirks."""
+    _check_split(split, ("all",))
+    angles = (angles,) if isinstance(angles, str) else tuple(angles)
+    bad = [a for a in angles if a.upper() not in KDEF_ANGLES]
+    if bad or not angles:
+        raise ValueError(f"angles must be a non-empty subset of {KDEF_ANGLES}, got {angles!r}")
+    wanted = {a.upper() for a in angles}
+    root = resolve_root("kdef", root)
+    hidden = ignored = 0
+    files = []
+    for d in sorted(root.iterdir()):
+        if is_hidden(d):
+            hidden += 1
+            continue
+        if not d.is_dir():
+            ignored += 1
+            continue
+        for p in sorted(d.iterdir()):
+            if is_hidden(p):
+                hidden += 1
+            elif p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+                files.append(p)
+            else:
+                ignored += 1
+    if not files:
+        raise DatasetLayoutError(f"no KDEF images found in the subject folders under {root}.\n{_layout('kdef')}")
+    present = {p.stem.upper() for p in files}
+    records, quirks, excluded = [], [], {}
+    for p in files:
+        stem = p.stem.upper()
+        if stem in KDEF_MISNAMED:
+            right = KDEF_MISNAMED[stem]
+            if right in present:
+                excluded["misnamed duplicate"] = excluded.get("misnamed duplicate", 0) + 1
+                quirks.append(f"{p.parent.name}/{p.name}: a known misnamed file of the KDEF release, left out "
+                              f"because {right} is present too")
+                continue
+            quirks.append(f"{p.parent.name}/{p.name} read as {right} (a known misnamed file of the KDEF release)")
+            stem = right
+        m = _KDEF_NAME.match(stem)
+        if not m:
+            raise DatasetLayoutError(f"KDEF file name {p} does not follow <session><gender><id><expression>"
+                                     f"<angle>, e.g. AF01AFS.JPG.\n{_layout('kdef')}")
+        session, gender, sid, expr, angle = m.groups()
+        if expr not in L.KDEF:
+            raise UnknownLabelError(f"KDEF file {p}: unknown expression code {expr!r}; expected one of "
+                                    f"{', '.join(L.KDEF)}")
+        if angle not in KDEF_ANGLES:
+            raise DatasetLayoutError(f"KDEF file {p}: unknown angle {angle!r}; expected one of "
+                                     f"{', '.join(KDEF_ANGLES)}.\n{_layout('kdef')}")
+        if angle in wanted:
+            records.append((p, session, gender + sid, L.KDEF[expr], angle))
+    subjects = sorted({r[2] for r in records})
+    subject_index = {s: i for i, s in enumerate(subjects)}
+    identities = np.asarray([subject_index[r[2]] for r in records], dtype=np.int64)
+    return ReadPlan(key="kdef", split=split, root=root, source="KDEF", name=f"kdef-{split}",
+                    items=[(str(r[0]), None, f"KDEF folder {root}") for r in records],
+                    labels=[r[3] for r in records], classes=L.classes(7), excluded=excluded,
+                    identities=identities, groups=identities,
+                    meta={"angle": np.asarray([KDEF_ANGLES.index(r[4]) for r in records], dtype=np.int64),
+                          "session": np.asarray([0 if r[1] == "A" else 1 for r in records], dtype=np.int64)},
+                    info={"subjects": subjects, "angles": list(KDEF_ANGLES),
+                          "angles_used": [a for a in KDEF_ANGLES if a in wanted], "quirks": quirks,
+                          "hidden_files": hidden, "ignored_files": ignored})
+
+
+def load_kdef(root=None, split="all", size=64, channels=3, angles=KDEF_ANGLES, skip_bad=False, cache=True,
+              progress=None, workers=None) -> FERDataset:
     """KDEF (Lundqvist et al., 1998): 70 subjects x 7 expressions x 5 angles x 2 sessions = 4,900 images.
 
-    Layout (root defaults to $FERNB_DATA/KDEF)::
+    Layout (root: the ``KDEF/`` folder of ``KDEF_and_AKDEF/``; default $FERNB_DATA/KDEF)::
 
         KDEF/
           AF01/AF01AFS.JPG      <session A|B><gender F|M><id 01..35> / <same><expression><angle>.JPG
@@ -653,113 +833,136 @@ def load_kdef(root=None, split="all", size=64, channels=3, angles=KDEF_ANGLES, s
     angles are read by default (the FUCLE paper uses all 4,900 images); ``angles=("S",)`` keeps frontal faces only.
     ``identities`` index ``info["subjects"]`` (gender + id, e.g. "F01": both sessions of a person share it);
     ``meta`` holds ``angle`` (index into ``info["angles"]``) and ``session`` (0 = A, 1 = B). Only split "all"
-    exists: subject-independent and k-fold splits come from `fernb.data.splits`. A file name whose expression code
-    is unknown raises UnknownLabelError naming the file.
+    exists: `fernb.data.load_splits` makes a seeded subject-independent train/val/test split.
+
+    Release quirks: the two misnamed files ``AF31/AF31V.JPG`` and ``AM31/AM31H.JPG`` (`KDEF_MISNAMED`) are read as
+    AF31SAHL and AM31SUHR and noted in ``info["quirks"]`` (left out, and counted in ``info["excluded"]``, if a
+    correctly named copy is present too); hidden files (``._*``, ``.DS_Store``, ``__MACOSX/``) are skipped and
+    counted in ``info["hidden_files"]``, other non-image files in ``info["ignored_files"]``; the release's
+    blank (one flat colour) images are kept and listed in ``info["uniform_images"]``. Any other file name that
+    does not parse raises DatasetLayoutError, an unknown expression code UnknownLabelError, naming the file.
     """
     _check_args(size, channels, split, ("all",))
-    angles = (angles,) if isinstance(angles, str) else tuple(angles)
-    bad = [a for a in angles if a.upper() not in KDEF_ANGLES]
-    if bad or not angles:
-        raise ValueError(f"angles must be a non-empty subset of {KDEF_ANGLES}, got {angles!r}")
-    wanted = {a.upper() for a in angles}
-    root = resolve_root("kdef", root)
-    files = sorted(p for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
-                   for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    records = []
-    for p in files:
-        m = _KDEF_NAME.match(p.stem)
-        if not m:
-            raise DatasetLayoutError(f"KDEF file name {p} does not follow <session><gender><id><expression>"
-                                     f"<angle>, e.g. AF01AFS.JPG.\n{_layout('kdef')}")
-        session, gender, sid, expr, angle = (g.upper() for g in m.groups())
-        if expr not in L.KDEF:
-            raise UnknownLabelError(f"KDEF file {p}: unknown expression code {expr!r}; expected one of "
-                                    f"{', '.join(L.KDEF)}")
-        if angle not in KDEF_ANGLES:
-            raise DatasetLayoutError(f"KDEF file {p}: unknown angle {angle!r}; expected one of "
-                                     f"{', '.join(KDEF_ANGLES)}.\n{_layout('kdef')}")
-        if angle in wanted:
-            records.append((p, session, gender + sid, L.KDEF[expr], angle))
-    if not files:
-        raise DatasetLayoutError(f"no KDEF images found in the subject folders under {root}.\n{_layout('kdef')}")
-    subjects = sorted({r[2] for r in records})
-    subject_index = {s: i for i, s in enumerate(subjects)}
-    return _assemble(key="kdef", split=split, root=root, source="KDEF", items=[(str(r[0]), None) for r in records],
-                     loader=_image_loader(size, channels, f"KDEF folder {root}", "kdef"), describe=_path_describe,
-                     labels=[r[3] for r in records], classes=L.classes(7), size=size, channels=channels,
-                     skip_bad=skip_bad, excluded={},
-                     identities=[subject_index[r[2]] for r in records],
-                     meta={"angle": np.asarray([KDEF_ANGLES.index(r[4]) for r in records], dtype=np.int64),
-                           "session": np.asarray([0 if r[1] == "A" else 1 for r in records], dtype=np.int64)},
-                     extra_info={"subjects": subjects, "angles": list(KDEF_ANGLES),
-                                 "angles_used": [a for a in KDEF_ANGLES if a in wanted]})
+    return plan_kdef(root, split, angles).decode(size, channels, skip_bad=skip_bad, cache=cache, progress=progress,
+                                                 workers=workers)
 
 
 # ---- SFEW 2.0 -----------------------------------------------------------------------------------------------------
-def load_sfew(root=None, split="train", size=64, channels=3, skip_bad=False) -> FERDataset:
+_SFEW_LOWER = {k.lower(): k for k in L.SFEW}
+_SFEW_FRAME = re.compile(r"(_\d+)+$")
+
+
+def _sfew_class_root(root: Path, split: str, aligned) -> Path:
+    """The folder holding SFEW's class folders for `split`.
+    Looks at <Split>/<Split>_Aligned_Faces/, <Split>_Aligned_Faces/ and <Split>/ (case-insensitive)."""
+    want = split.lower()
+
+    def child(folder: Path, name: str):
+        if folder is None or not folder.is_dir():
+            return None
+        return next((d for d in sorted(folder.iterdir()) if d.is_dir() and d.name.lower() == name), None)
+
+    split_dir = child(root, want)
+    aligned_dirs = [d for d in (child(split_dir, f"{want}_aligned_faces"), child(root, f"{want}_aligned_faces"))
+                    if d is not None]
+    has_classes = split_dir is not None and any(
+        d.is_dir() and d.name.lower() in _SFEW_LOWER for d in split_dir.iterdir())
+    if aligned is not False and aligned_dirs:
+        return aligned_dirs[0]
+    if aligned is not True and has_classes:
+        return split_dir
+    name = split.capitalize()
+    if aligned is True:
+        raise DatasetLayoutError(f"SFEW aligned faces for split {split!r} not found: expected "
+                                 f"{root / name / f'{name}_Aligned_Faces'} or {root / f'{name}_Aligned_Faces'}.\n"
+                                 f"{_layout('sfew')}")
+    if split_dir is None:
+        raise DatasetLayoutError(f"SFEW split folder not found: expected {root / name}/{name}_Aligned_Faces/"
+                                 f"<Class>/ or {root / name}/<Class>/.\n{_layout('sfew')}")
+    return split_dir
+
+
+def plan_sfew(root=None, split="train", aligned=None) -> ReadPlan:
+    """The SFEW 2.0 `ReadPlan`; `load_sfew` documents the layouts."""
+    _check_split(split, ("train", "val"))
+    root = resolve_root("sfew", root)
+    class_root = _sfew_class_root(root, split, aligned)
+    items, labels, movies, hidden, ignored = [], [], [], 0, 0
+    for d in sorted(class_root.iterdir()):
+        if is_hidden(d):
+            hidden += 1
+            continue
+        if not d.is_dir():
+            ignored += 1
+            continue
+        if d.name.lower().endswith("_aligned_faces"):      # the other variant, beside Train/<Class>/ (aligned=False)
+            continue
+        cls = _SFEW_LOWER.get(d.name.lower())
+        if cls is None:
+            raise UnknownLabelError(f"SFEW class folder {d} is unknown; expected one of {', '.join(L.SFEW)} "
+                                    f"(under {class_root})")
+        for p in sorted(d.iterdir()):
+            if is_hidden(p):
+                hidden += 1
+            elif p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+                items.append((str(p), None, f"folder {d}"))
+                labels.append(L.SFEW[cls])
+                movies.append(_SFEW_FRAME.sub("", p.stem) or p.stem)
+            else:
+                ignored += 1
+    titles = sorted(set(movies))
+    index = {t: i for i, t in enumerate(titles)}
+    return ReadPlan(key="sfew", split=split, root=root, source="SFEW 2.0", name=f"sfew-{split}", items=items,
+                    labels=labels, classes=L.classes(7), excluded={},
+                    groups=np.asarray([index[t] for t in movies], dtype=np.int64),
+                    meta={"movie": np.asarray([index[t] for t in movies], dtype=np.int64)},
+                    info={"layout": str(class_root.relative_to(root)), "movies": titles,
+                          "hidden_files": hidden, "ignored_files": ignored})
+
+
+def load_sfew(root=None, split="train", size=64, channels=3, aligned=None, skip_bad=False, cache=True,
+              progress=None, workers=None) -> FERDataset:
     """SFEW 2.0 (Dhall et al., 2015): movie frames, 7 classes; the test split has no public labels.
 
-    Layout (root defaults to $FERNB_DATA/SFEW2)::
+    Layout as distributed (root: the folder holding Train/ and Val/; default $FERNB_DATA/SFEW2)::
 
         SFEW2/
-          Train/Angry/*.png|jpg      class folders Angry Disgust Fear Happy Neutral Sad Surprise
-          Train/Disgust/...
-          Val/Angry/...
+          Train/Train_Aligned_Faces/Angry/*.png   class folders Angry Disgust Fear Happy Neutral Sad Surprise
+          Train/Train_Aligned_Faces/Disgust/...
+          Val/Val_Aligned_Faces/Angry/...
 
-    split "train" reads Train/, "val" reads Val/ (folder names are matched case-insensitively). Folder -> class
-    via `labels.SFEW`; an unknown class folder raises UnknownLabelError naming it. Files that are not images
-    (extensions other than png/jpg/jpeg/bmp/tif) are ignored and counted in info["ignored_files"].
+    Also read: ``Train/<Class>/`` (class folders directly under the split) and ``Train_Aligned_Faces/<Class>/``
+    (the aligned folder unpacked at the top). ``aligned=None`` takes the aligned faces when they exist, else the
+    class folders under Train/; True or False insists on one. Folder names match case-insensitively;
+    ``info["layout"]`` says which folder was read. Folder -> class via `labels.SFEW`; an unknown class folder
+    raises UnknownLabelError naming it. Hidden files (``._*``, ``.DS_Store``) are skipped and counted in
+    ``info["hidden_files"]``, other non-image files in ``info["ignored_files"]``. ``meta["movie"]`` indexes
+    ``info["movies"]``: the file name without its trailing frame numbers (``Airheads_000519240.png`` ->
+    ``Airheads``), which `fernb.data.load_splits` keeps on one side of a split.
     """
     _check_args(size, channels, split, ("train", "val"))
-    root = resolve_root("sfew", root)
-    want = {"train": "train", "val": "val"}[split]
-    split_dirs = [d for d in root.iterdir() if d.is_dir() and d.name.lower() == want]
-    if not split_dirs:
-        raise DatasetLayoutError(f"SFEW split folder not found: expected {root / want.capitalize()}.\n"
-                                 f"{_layout('sfew')}")
-    split_dir = split_dirs[0]
-    sfew_lower = {k.lower(): k for k in L.SFEW}
-    items, labels, ignored = [], [], 0
-    for d in sorted(split_dir.iterdir()):
-        if not d.is_dir() or d.name.startswith("."):
-            continue
-        cls = sfew_lower.get(d.name.lower())
-        if cls is None:
-            raise UnknownLabelError(f"SFEW class folder {d} is unknown; expected one of {', '.join(L.SFEW)}")
-        for p in sorted(d.iterdir()):
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
-                items.append((str(p), None))
-                labels.append(L.SFEW[cls])
-            elif not p.name.startswith("."):
-                ignored += 1
-    return _assemble(key="sfew", split=split, root=root, source="SFEW 2.0", items=items,
-                     loader=_image_loader(size, channels, f"folder {split_dir}", "sfew"), describe=_path_describe,
-                     labels=labels, classes=L.classes(7), size=size, channels=channels, skip_bad=skip_bad,
-                     excluded={}, extra_info={"ignored_files": ignored})
+    return plan_sfew(root, split, aligned).decode(size, channels, skip_bad=skip_bad, cache=cache,
+                                                  progress=progress, workers=workers)
 
 
 # ---- CK+ ----------------------------------------------------------------------------------------------------------
 _CK_SEQ = re.compile(r"^S(\d+)$", re.IGNORECASE)
 
 
-def load_ckplus(root=None, split="all", size=64, channels=1, peak_frames=3, include_neutral_first_frame=False,
-                num_classes=8, skip_bad=False) -> FERDataset:
-    """CK+ (Lucey et al., 2010): 593 posed sequences of 123 subjects, 327 of them labelled with an emotion.
+def _visible_dirs(folder: Path, counter: list) -> list[Path]:
+    out = []
+    for d in sorted(folder.iterdir()):
+        if is_hidden(d):
+            counter[0] += 1
+        elif d.is_dir():
+            out.append(d)
+    return out
 
-    Layout (root defaults to $FERNB_DATA/CK+)::
 
-        CK+/
-          cohn-kanade-images/S005/001/S005_001_00000001.png ... S005_001_00000011.png
-          Emotion/S005/001/S005_001_00000011_emotion.txt      one float, e.g. "   3.0000000e+00"
-
-    Codes 0 neutral, 1 anger, 2 contempt, 3 disgust, 4 fear, 5 happy, 6 sadness, 7 surprise (`labels.CKPLUS`).
-    Only sequences with an emotion file are used: the last ``peak_frames`` frames of each get its label, and with
-    ``include_neutral_first_frame=True`` its first frame is added as neutral. num_classes=8 keeps contempt;
-    num_classes=7 drops the contempt samples and counts them in info["excluded"]["contempt"]. ``identities`` is
-    the subject number (S005 -> 5); ``meta["sequence"]`` = subject * 1000 + sequence number (for split by
-    sequence). Only split "all" exists: subject-independent folds come from `fernb.data.splits`.
-    """
-    _check_args(size, channels, split, ("all",))
+def plan_ckplus(root=None, split="all", peak_frames=3, include_neutral_first_frame=False,
+                num_classes=8) -> ReadPlan:
+    """The CK+ `ReadPlan`; `load_ckplus` documents the layout."""
+    _check_split(split, ("all",))
     if num_classes not in (7, 8):
         raise ValueError(f"num_classes must be 7 or 8, got {num_classes!r}")
     if int(peak_frames) < 1:
@@ -769,7 +972,15 @@ def load_ckplus(root=None, split="all", size=64, channels=1, peak_frames=3, incl
     for folder in (image_root, emotion_root):
         if not folder.is_dir():
             raise DatasetLayoutError(f"CK+ folder not found: expected {folder}.\n{_layout('ckplus')}")
-    emotion_files = sorted(emotion_root.glob("*/*/*_emotion.txt"))
+    hidden = [0]
+    emotion_files = []
+    for subject in _visible_dirs(emotion_root, hidden):
+        for seq in _visible_dirs(subject, hidden):
+            for ef in sorted(seq.iterdir()):
+                if is_hidden(ef):
+                    hidden[0] += 1
+                elif ef.is_file() and ef.name.endswith("_emotion.txt"):
+                    emotion_files.append(ef)
     if not emotion_files:
         raise DatasetLayoutError(f"no *_emotion.txt files under {emotion_root}/<subject>/<sequence>/.\n"
                                  f"{_layout('ckplus')}")
@@ -781,15 +992,20 @@ def load_ckplus(root=None, split="all", size=64, channels=1, peak_frames=3, incl
         if not m or not seq.isdigit():
             raise DatasetLayoutError(f"CK+ emotion file {ef} is not under Emotion/S<subject>/<sequence>/.\n"
                                      f"{_layout('ckplus')}")
-        text = ef.read_text(encoding="utf-8", errors="replace").split()
+        text = read_text(ef).split()
         code = _int(text[0]) if len(text) == 1 else None
         if code not in L.CKPLUS:
             raise UnknownLabelError(f"CK+ emotion file {ef}: unknown code {' '.join(text)!r}; expected one float "
                                     f"0..7 (0 neutral 1 anger 2 contempt 3 disgust 4 fear 5 happy 6 sadness "
                                     f"7 surprise)")
         seq_dir = image_root / subject / seq
-        frames = sorted(p for p in seq_dir.glob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS) \
-            if seq_dir.is_dir() else []
+        frames = []
+        if seq_dir.is_dir():
+            for p in sorted(seq_dir.iterdir()):
+                if is_hidden(p):
+                    hidden[0] += 1
+                elif p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+                    frames.append(p)
         if not frames:
             raise DatasetLayoutError(f"CK+ emotion file {ef} has no image sequence: expected frames in {seq_dir}.\n"
                                      f"{_layout('ckplus')}")
@@ -801,39 +1017,77 @@ def load_ckplus(root=None, split="all", size=64, channels=1, peak_frames=3, incl
             if lab >= num_classes:
                 excluded["contempt"] += 1
                 continue
-            items.append((str(p), None))
+            items.append((str(p), None, f"{image_root}"))
             labels.append(lab)
             identities.append(int(m.group(1)))
             sequences.append(int(m.group(1)) * 1000 + int(seq))
-    return _assemble(key="ckplus", split=split, root=root, source="CK+", items=items,
-                     loader=_image_loader(size, channels, f"{image_root}", "ckplus"), describe=_path_describe,
-                     labels=labels, classes=L.classes(num_classes), size=size, channels=channels,
-                     skip_bad=skip_bad, excluded=excluded, identities=identities,
-                     meta={"sequence": np.asarray(sequences, dtype=np.int64)},
-                     extra_info={"peak_frames": int(peak_frames),
-                                 "include_neutral_first_frame": bool(include_neutral_first_frame)})
+    identities = np.asarray(identities, dtype=np.int64)
+    return ReadPlan(key="ckplus", split=split, root=root, source="CK+", name=f"ckplus-{split}", items=items,
+                    labels=labels, classes=L.classes(num_classes), excluded=excluded, identities=identities,
+                    groups=identities, meta={"sequence": np.asarray(sequences, dtype=np.int64)},
+                    info={"peak_frames": int(peak_frames),
+                          "include_neutral_first_frame": bool(include_neutral_first_frame),
+                          "hidden_files": hidden[0]})
+
+
+def load_ckplus(root=None, split="all", size=64, channels=1, peak_frames=3, include_neutral_first_frame=False,
+                num_classes=8, skip_bad=False, cache=True, progress=None, workers=None) -> FERDataset:
+    """CK+ (Lucey et al., 2010): 593 posed sequences of 123 subjects, 327 of them labelled with an emotion.
+
+    Layout (root: the folder holding both unzipped parts; default $FERNB_DATA/CK+)::
+
+        CK+/
+          cohn-kanade-images/S005/001/S005_001_00000001.png ... S005_001_00000011.png
+          Emotion/S005/001/S005_001_00000011_emotion.txt      one float, e.g. "   3.0000000e+00"
+
+    Codes 0 neutral, 1 anger, 2 contempt, 3 disgust, 4 fear, 5 happy, 6 sadness, 7 surprise (`labels.CKPLUS`).
+    Only sequences with an emotion file are used: the last ``peak_frames`` frames of each get its label, and with
+    ``include_neutral_first_frame=True`` its first frame is added as neutral. num_classes=8 keeps contempt;
+    num_classes=7 drops the contempt samples and counts them in info["excluded"]["contempt"]. ``identities`` is
+    the subject number (S005 -> 5); ``meta["sequence"]`` = subject * 1000 + sequence number. Only split "all"
+    exists: `fernb.data.load_splits` makes a seeded subject-independent split. Hidden files (``._*_emotion.txt``,
+    ``._*.png``, ``.DS_Store``) are skipped and counted in ``info["hidden_files"]``; frames in any image mode
+    (grey or RGB) are converted to the requested channels.
+    """
+    _check_args(size, channels, split, ("all",))
+    return plan_ckplus(root, split, peak_frames, include_neutral_first_frame, num_classes).decode(
+        size, channels, skip_bad=skip_bad, cache=cache, progress=progress, workers=workers)
 
 
 # ---- dispatcher ---------------------------------------------------------------------------------------------------
 _READERS = {
-    "rafdb": (load_rafdb, {}), "fer2013": (load_fer2013, {}), "ferplus": (load_ferplus, {}),
-    "affectnet": (load_affectnet, {"num_classes": 7}), "affectnet8": (load_affectnet, {"num_classes": 8}),
-    "kdef": (load_kdef, {}), "sfew": (load_sfew, {}), "ckplus": (load_ckplus, {}),
+    "rafdb": (load_rafdb, plan_rafdb, {}), "fer2013": (load_fer2013, plan_fer2013, {}),
+    "ferplus": (load_ferplus, plan_ferplus, {}),
+    "affectnet": (load_affectnet, plan_affectnet, {"num_classes": 7}),
+    "affectnet8": (load_affectnet, plan_affectnet, {"num_classes": 8}),
+    "kdef": (load_kdef, plan_kdef, {}), "sfew": (load_sfew, plan_sfew, {}), "ckplus": (load_ckplus, plan_ckplus, {}),
 }
+DEFAULT_SPLITS = {"rafdb": "train", "fer2013": "train", "ferplus": "train", "affectnet": "train",
+                  "affectnet8": "train", "kdef": "all", "sfew": "train", "ckplus": "all"}
 
 
-def load(name: str, root=None, split: str | None = None, data_root=None, **kw) -> FERDataset:
-    """Read dataset `name` (one of DATASETS) with its reader. ``root`` is the dataset's own folder; ``data_root``
-    (like $FERNB_DATA) a folder holding it under its default name (DEFAULT_FOLDERS). ``split`` None means the
-    reader's default ("train", or "all" for KDEF and CK+). Other keywords go to the reader (size, channels, ...)."""
+def _dispatch(name, kw, which):
+    if "data_root" in kw:
+        raise TypeError("readers take the dataset's own folder as root= (a notebook's data_root is passed there); "
+                        "the parent folder holding every dataset is the FERNB_DATA environment variable")
     key = _canonical_name(name)
-    reader, fixed = _READERS[key]
-    if root is None and data_root is not None:
-        root = resolve_root(key, None, data_root)
+    loader, planner, fixed = _READERS[key]
     for k, v in fixed.items():
         if k in kw and kw[k] != v:
             raise ValueError(f"{name!r} fixes {k}={v}; got {k}={kw[k]}")
     kw.update(fixed)
-    if split is not None:
-        kw["split"] = split
-    return reader(root=root, **kw)
+    return key, (loader if which == "load" else planner)
+
+
+def load(name: str, root=None, split: str | None = None, **kw) -> FERDataset:
+    """Read dataset `name` (one of DATASETS) with its reader. ``root`` is the dataset's own folder (None:
+    ``$FERNB_DATA/<default folder>``). ``split`` None means the reader's default (`DEFAULT_SPLITS`: "train", or
+    "all" for KDEF and CK+). Other keywords go to the reader (size, channels, skip_bad, cache, ...)."""
+    key, reader = _dispatch(name, kw, "load")
+    return reader(root=root, split=split or DEFAULT_SPLITS[key], **kw)
+
+
+def plan(name: str, root=None, split: str | None = None, **kw) -> ReadPlan:
+    """The `ReadPlan` of dataset `name`: labels read, nothing decoded (see `load` for the arguments)."""
+    key, planner = _dispatch(name, kw, "plan")
+    return planner(root=root, split=split or DEFAULT_SPLITS[key], **kw)
