@@ -12,7 +12,8 @@ from fernb.data import decode as D
 from fernb.data import labels as L
 from fernb.data import readers as R
 from fernb.data.dataset import FERDataset
-from fernb.data.readers import (CorruptImageError, DatasetLayoutError, DatasetNotFoundError, UnknownLabelError,
+from fernb.data.readers import (BadFaceBoxError, CorruptImageError, DatasetLayoutError, DatasetNotFoundError,
+                                MissingImageError, UnknownLabelError,
                                 load, load_affectnet, load_ckplus, load_fer2013, load_ferplus, load_kdef,
                                 load_rafdb, load_sfew)
 
@@ -451,3 +452,264 @@ def test_reader_output_survives_cache_roundtrip(tmp_path):
     back = FERDataset.load(tmp_path / "kdef.pt")
     assert torch.equal(back.images, ds.images) and torch.equal(back.meta["angle"], ds.meta["angle"])
     assert back.info["subjects"] == ["F01", "M02"]
+
+
+# ---- issue 8: the datasets as they are actually downloaded ----------------------------------------------------------
+APPLEDOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + b"\x00" * 64    # what a ._<name> file holds
+
+
+def add_macos_litter(folder):
+    """What a macOS archive leaves beside every file: ._<name> resource forks and a .DS_Store per folder, plus a
+    __MACOSX/ folder at the top. Returns how many hidden entries were added under `folder`."""
+    added = 0
+    for d in sorted(p for p in [folder, *folder.rglob("*")] if p.is_dir()):
+        for f in sorted(d.iterdir()):
+            if f.is_file() and not f.name.startswith("."):
+                (d / f"._{f.name}").write_bytes(APPLEDOUBLE)
+                added += 1
+        (d / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + b"\x00" * 32)
+        added += 1
+    mac = folder / "__MACOSX"
+    mac.mkdir()
+    (mac / "._x.png").write_bytes(APPLEDOUBLE)
+    return added + 1
+
+
+# 1. KDEF's misnamed release files
+def test_kdef_release_misnamed_files_are_read_under_their_right_names(tmp_path):
+    files = dict(KDEF_FILES, **{"AF31/AF31V.JPG": None, "AM31/AM31H.JPG": None, "AF31/AF31NES.JPG": 0})
+    root = make_kdef(tmp_path / "KDEF", files)
+    ds = load_kdef(root, size=48)                          # raised DatasetLayoutError on AF31V.JPG before
+    assert len(ds) == 8
+    subjects = ds.info["subjects"]
+    f31 = (ds.identities == subjects.index("F31")).nonzero().flatten().tolist()
+    m31 = (ds.identities == subjects.index("M31")).nonzero().flatten().tolist()
+    by_angle = {ds.info["angles"][ds.meta["angle"][i]]: ds.labels[i].item() for i in f31}
+    assert by_angle == {"S": C["neutral"], "HL": C["sadness"]}        # AF31V.JPG = AF31SAHL
+    assert [(ds.info["angles"][ds.meta["angle"][i]], ds.labels[i].item()) for i in m31] == [("HR", C["surprise"])]
+    assert ds.info["quirks"] == ["AF31/AF31V.JPG read as AF31SAHL (a known misnamed file of the KDEF release)",
+                                 "AM31/AM31H.JPG read as AM31SUHR (a known misnamed file of the KDEF release)"]
+    assert ds.info["excluded"] == {}
+    save_img(root / "AF31" / "AF31SAHL.JPG", 100, size=(30, 40))      # a copy already renamed by hand
+    again = load_kdef(root, size=48)
+    assert len(again) == 8 and again.info["excluded"] == {"misnamed duplicate": 1}
+    assert "left out because AF31SAHL is present too" in again.info["quirks"][0]
+
+
+def test_kdef_other_unparsable_names_still_raise(tmp_path):
+    root = make_kdef(tmp_path / "KDEF", dict(KDEF_FILES, **{"AF01/AF01.JPG": None}))
+    with pytest.raises(DatasetLayoutError, match="AF01.JPG"):
+        load_kdef(root, size=48)
+
+
+def test_kdef_blank_release_images_are_kept_and_listed(tmp_path):
+    root = make_kdef(tmp_path / "KDEF")
+    noise = np.random.default_rng(1).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(root / "AF01" / "AF01AFS.JPG")
+    ds = load_kdef(root, size=48)
+    assert len(ds) == 5
+    assert str(root / "AF01" / "AF01AFS.JPG") not in ds.info["uniform_images"]
+    assert len(ds.info["uniform_images"]) == 4               # the other fixture images are one flat grey
+
+
+# 3. malformed csv rows name the file and the line
+def _rewrite_line(path, line_no, transform):
+    lines = path.read_text().splitlines(keepends=True)
+    lines[line_no - 1] = transform(lines[line_no - 1])
+    path.write_text("".join(lines))
+
+
+def _drop_fields(k):
+    return lambda line: ",".join(line.rstrip("\r\n").split(",")[:-k]) + "\r\n"
+
+
+def test_ferplus_short_row_names_file_and_line(tmp_path):
+    root = make_ferplus(tmp_path / "FERPlus")
+    _rewrite_line(root / "fer2013new.csv", 3, _drop_fields(5))   # was a bare KeyError: 'disgust'
+    with pytest.raises(DatasetLayoutError, match=r"fer2013new\.csv line 3: malformed row with 7 field\(s\), "
+                                                 r"expected 12"):
+        load_ferplus(root, size=48)
+
+
+@pytest.mark.parametrize("which,line,transform,expect", [
+    ("fer2013.csv", 2, _drop_fields(1), r"fer2013\.csv line 2: malformed row with 2 field\(s\), expected 3"),
+    ("fer2013.csv", 5, lambda l: l.rstrip("\r\n") + ",extra\r\n", r"fer2013\.csv line 5: malformed row with 4"),
+    ("fer2013new.csv", 6, lambda l: l.rstrip("\r\n") + ",7,8\r\n", r"fer2013new\.csv line 6: malformed row with 14"),
+    ("fer2013new.csv", 2, lambda l: "Training\r\n", r"fer2013new\.csv line 2: malformed row with 1 field"),
+])
+def test_every_ferplus_csv_row_error_names_file_and_line(tmp_path, which, line, transform, expect):
+    root = make_ferplus(tmp_path / "FERPlus")
+    _rewrite_line(root / which, line, transform)
+    with pytest.raises(DatasetLayoutError, match=expect):
+        load_ferplus(root, split="all", size=48)
+
+
+def test_fer2013_short_row_and_trailing_empty_fields(tmp_path):
+    root = tmp_path / "FER2013"
+    write_fer2013(root / "fer2013.csv", FER_ROWS)
+    _rewrite_line(root / "fer2013.csv", 4, lambda l: l.rstrip("\r\n") + ",,\r\n")   # trailing commas: tolerated
+    assert len(load_fer2013(root, split="all", size=48)) == 5
+    _rewrite_line(root / "fer2013.csv", 3, lambda l: l.split(",")[0] + "\r\n")
+    with pytest.raises(DatasetLayoutError, match=r"fer2013\.csv line 3: malformed row with 1 field"):
+        load_fer2013(root, split="all", size=48)
+
+
+@pytest.mark.parametrize("transform,expect", [
+    (_drop_fields(3), r"training\.csv line 2: malformed row with 6 field\(s\), expected 9"),
+    (lambda l: l.rstrip("\r\n") + ",1,2\r\n", r"training\.csv line 2: malformed row with 11"),
+    (lambda l: "," + l.split(",", 1)[1], r"training\.csv row at line 2: empty subDirectory_filePath"),
+    (lambda l: l.replace(",10,5,16,16,", ",10,x,16,16,"), r"training\.csv row at line 2: face box must be numbers"),
+])
+def test_affectnet_malformed_rows_name_file_and_line(tmp_path, transform, expect):
+    root = make_affectnet(tmp_path / "AffectNet")
+    _rewrite_line(root / "Manually_Annotated_file_lists" / "training.csv", 2, transform)
+    with pytest.raises(DatasetLayoutError, match=expect):
+        load_affectnet(root, size=48)
+
+
+# 4. SFEW as distributed: Train/Train_Aligned_Faces/<Class>/
+def make_sfew_distributed(root, top_level=False):
+    """SFEW 2.0 as its archives unpack: Train/Train_Aligned_Faces/<Class>/, Val/Val_Aligned_Faces/<Class>/ (or,
+    with top_level, Train_Aligned_Faces/<Class>/ at the root)."""
+    def base(split):
+        name = split.capitalize()
+        return root / f"{name}_Aligned_Faces" if top_level else root / name / f"{name}_Aligned_Faces"
+    save_img(base("train") / "Angry" / "Airheads_000519240.png", 10)
+    save_img(base("train") / "Happy" / "Airheads_000701080.png", 20)
+    save_img(base("train") / "Happy" / "21_000123400.png", 30)
+    save_img(base("val") / "Sad" / "Bridesmaids_000301040.png", 40)
+    return root
+
+
+@pytest.mark.parametrize("top_level", [False, True])
+def test_sfew_nested_aligned_faces_layout(tmp_path, top_level):
+    root = make_sfew_distributed(tmp_path / "SFEW2", top_level)
+    ds = load_sfew(root, split="train", size=48, channels=1)   # "Train_Aligned_Faces" was an unknown class before
+    assert ds.labels.tolist() == [C["anger"], C["happiness"], C["happiness"]]
+    assert ds.info["layout"] == ("Train_Aligned_Faces" if top_level else "Train/Train_Aligned_Faces")
+    assert ds.info["movies"] == ["21", "Airheads"] and ds.meta["movie"].tolist() == [1, 0, 1]
+    assert ds.images.float().mean(dim=(1, 2, 3)).tolist() == [10.0, 30.0, 20.0]
+    val = load_sfew(root, split="val", size=48)
+    assert val.labels.tolist() == [C["sadness"]] and val.info["layout"].endswith("Val_Aligned_Faces")
+
+
+def test_sfew_both_variants_prefers_aligned_unless_told(tmp_path):
+    root = make_sfew_distributed(tmp_path / "SFEW2")
+    make_sfew(root)                                             # Train/<Class>/ beside Train/Train_Aligned_Faces/
+    assert len(load_sfew(root, size=48)) == 3 and load_sfew(root, size=48).info["layout"].endswith("Faces")
+    flat = load_sfew(root, size=48, aligned=False)
+    assert flat.info["layout"] == "Train" and flat.labels.tolist() == [C["anger"], C["happiness"], C["happiness"]]
+    with pytest.raises(DatasetLayoutError, match="aligned faces"):
+        load_sfew(make_sfew(tmp_path / "plain"), size=48, aligned=True)
+    save_img(root / "Train" / "Train_Aligned_Faces" / "Contempt" / "x.png", 0)
+    with pytest.raises(UnknownLabelError, match="Contempt"):
+        load_sfew(root, size=48)
+
+
+# 5. macOS litter: ._* resource files, .DS_Store, __MACOSX/
+def test_macos_litter_is_skipped_and_counted_kdef(tmp_path):
+    root = make_kdef(tmp_path / "KDEF")
+    clean = load_kdef(root, size=48)
+    added = add_macos_litter(root)
+    ds = load_kdef(root, size=48)                                # DatasetLayoutError on ._AF01AFS.JPG before
+    assert torch.equal(ds.images, clean.images) and torch.equal(ds.labels, clean.labels)
+    assert ds.info["hidden_files"] == added and clean.info["hidden_files"] == 0
+
+
+def test_macos_litter_is_skipped_and_counted_sfew(tmp_path):
+    root = make_sfew_distributed(tmp_path / "SFEW2")
+    clean = load_sfew(root, size=48)
+    add_macos_litter(root)
+    ds = load_sfew(root, size=48)                                # CorruptImageError on ._Airheads_...png before
+    assert torch.equal(ds.images, clean.images) and torch.equal(ds.labels, clean.labels)
+    assert ds.info["hidden_files"] == 3 + 3 and ds.info["ignored_files"] == 0   # 3 ._ files + 3 .DS_Store read past
+
+
+def test_macos_litter_is_skipped_and_counted_ckplus(tmp_path):
+    root = make_ckplus(tmp_path / "CK+")
+    clean = load_ckplus(root, size=48)
+    add_macos_litter(root)
+    ds = load_ckplus(root, size=48)                              # UnknownLabelError on ._*_emotion.txt before
+    assert torch.equal(ds.images, clean.images) and torch.equal(ds.labels, clean.labels)
+    assert ds.info["hidden_files"] > 0
+
+
+def test_is_hidden_rule():
+    from fernb.data.files import is_hidden
+    assert all(is_hidden(n) for n in ("._a.jpg", ".DS_Store", "__MACOSX", "Thumbs.db", "desktop.ini", ".git"))
+    assert not any(is_hidden(n) for n in ("a.jpg", "AF01", "S005_001_00000011_emotion.txt", "_x.png"))
+
+
+# 6. label files with a byte-order mark, or in another encoding
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32"])
+def test_rafdb_label_file_encodings_are_read(tmp_path, encoding):
+    root = make_rafdb(tmp_path / "RAF-DB")
+    label_file = root / "EmoLabel" / "list_patition_label.txt"
+    text = label_file.read_text()
+    label_file.write_bytes(text.replace("\n", "\r\n").encode(encoding))   # Windows line ends too
+    ds = load_rafdb(root, size=48)                     # BOM: "does not start with train_"; UTF-16: UnicodeDecodeError
+    assert ds.labels.tolist() == [C["sadness"], C["surprise"], C["neutral"]]
+
+
+def test_label_file_in_another_encoding_names_file_and_encoding(tmp_path):
+    root = make_rafdb(tmp_path / "RAF-DB")
+    label_file = root / "EmoLabel" / "list_patition_label.txt"
+    label_file.write_bytes("train_00001.jpg 5\ntrain_caf\u00e9.jpg 1\n".encode("latin-1"))
+    with pytest.raises(DatasetLayoutError, match=r"list_patition_label\.txt line 2 cannot be read as utf-8: byte 0xe9"):
+        load_rafdb(root, size=48)
+
+
+def test_csv_with_bom_and_utf16_and_bad_bytes(tmp_path):
+    root = tmp_path / "FER2013"
+    write_fer2013(root / "fer2013.csv", FER_ROWS)
+    text = (root / "fer2013.csv").read_text()
+    for encoding in ("utf-8-sig", "utf-16"):
+        (root / "fer2013.csv").write_bytes(text.encode(encoding))
+        assert load_fer2013(root, split="all", size=48).labels.tolist() == [6, 1, 0, 2, 3]
+    (root / "fer2013.csv").write_bytes(text.encode() + b"3,\xff\xfe,Training\r\n")
+    with pytest.raises(DatasetLayoutError, match=r"fer2013\.csv line 7 cannot be read as utf-8: byte 0xff"):
+        load_fer2013(root, split="all", size=48)
+
+
+def test_ckplus_emotion_file_with_bom(tmp_path):
+    root = make_ckplus(tmp_path / "CK+")
+    ef = root / "Emotion" / "S005" / "001" / "S005_001_00000005_emotion.txt"
+    ef.write_bytes("   3.0000000e+00\r\n".encode("utf-16"))
+    assert load_ckplus(root, size=48).labels.tolist()[:3] == [C["disgust"]] * 3
+
+
+# 7. AffectNet: a face box outside its image is a box problem, counted under its own reason
+def test_affectnet_box_outside_image_is_named_and_counted(tmp_path):
+    root = make_affectnet(tmp_path / "AffectNet", train_codes=(1, 0, 2))
+    csv_path = root / "Manually_Annotated_file_lists" / "training.csv"
+    _rewrite_line(csv_path, 3, lambda l: l.replace(",10,5,16,16,", ",500,400,16,16,"))
+    truncate(root / "Manually_Annotated_Images" / "2" / "tra002.png")
+    with pytest.raises(BadFaceBoxError, match=r"face box x0,y0,x1,y1 = 500,400,516,416 \(from .*training\.csv "
+                                              r"line 3\) lies outside the 40x30 image .*tra001\.png"):
+        load_affectnet(root, size=48)                    # was "CorruptImageError: cannot decode image"
+    with pytest.warns(UserWarning, match="1 face box outside image, 1 unreadable image"):
+        ds = load_affectnet(root, size=48, skip_bad=True)
+    assert ds.labels.tolist() == [C["happiness"]]
+    assert ds.info["skipped_reasons"] == {"face box outside image": 1, "unreadable image": 1}
+    assert ds.info["skipped"][0].endswith("tra001.png")
+
+
+def test_affectnet_empty_box_is_a_box_error(tmp_path):
+    root = make_affectnet(tmp_path / "AffectNet", train_codes=(1,))
+    _rewrite_line(root / "Manually_Annotated_file_lists" / "training.csv", 2,
+                  lambda l: l.replace(",10,5,16,16,", ",10,5,0,16,"))
+    with pytest.raises(BadFaceBoxError, match=r"10,5,10,21 \(from .*line 2\) is empty"):
+        load_affectnet(root, size=48)
+
+
+def test_missing_and_unreadable_are_separate_reasons(tmp_path):
+    root = make_rafdb(tmp_path / "RAF-DB")
+    (root / "Image" / "aligned" / "train_00003_aligned.jpg").unlink()
+    truncate(root / "Image" / "aligned" / "train_00002_aligned.jpg")
+    with pytest.raises(CorruptImageError, match="train_00002"):      # the first bad image in file order
+        load_rafdb(root, size=48)
+    with pytest.raises(MissingImageError, match="train_00003"):          # a DatasetLayoutError, as before
+        R.plan_rafdb(root).take([2]).decode(48, 3)
+    with pytest.warns(UserWarning):
+        ds = load_rafdb(root, size=48, skip_bad=True)
+    assert ds.info["skipped_reasons"] == {"unreadable image": 1, "missing image": 1} and len(ds) == 1

@@ -42,14 +42,26 @@ def text_encoding(path) -> str:
     return "utf-8"
 
 
-def decode_error(path, encoding: str, err: UnicodeError, line: int | None = None) -> DatasetLayoutError:
-    """A DatasetLayoutError naming the file, the encoding tried, the line (when known) and the offending byte."""
-    where = f" near line {line}" if line else ""
-    bad = ""
-    if isinstance(err, UnicodeDecodeError):
-        bad = f": byte 0x{err.object[err.start:err.start + 1].hex()} is not valid {encoding}"
-        if not line:
-            bad += f" (byte offset {err.start})"
+def _first_bad_line(path, encoding: str):
+    """(line number, offending byte) of the first line of a UTF-8 file that does not decode, else (None, None)."""
+    if not encoding.startswith("utf-8"):
+        return None, None
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return line_no, raw[e.start:e.start + 1]
+    return None, None
+
+
+def decode_error(path, encoding: str, err: UnicodeError) -> DatasetLayoutError:
+    """A DatasetLayoutError naming the file, the encoding tried, the line (for UTF-8) and the offending byte."""
+    line, byte = _first_bad_line(path, encoding)
+    if byte is None and isinstance(err, UnicodeDecodeError):
+        byte = err.object[err.start:err.start + 1]
+    where = f" line {line}" if line else ""
+    bad = f": byte 0x{byte.hex()} is not valid {encoding}" if byte else f": {err}"
     return DatasetLayoutError(
         f"{path}{where} cannot be read as {encoding}{bad}. fernb reads label files as UTF-8, or as UTF-8/16/32 "
         f"with a byte-order mark; save it as UTF-8.")

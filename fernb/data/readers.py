@@ -370,7 +370,7 @@ def _read_csv(path: Path, required: Sequence[str], key: str, default_header: Seq
                         f"{_layout(key)}")
                 rows.append((reader.line_num, dict(zip(header, row))))
     except UnicodeDecodeError as e:
-        raise decode_error(path, encoding, e, line=reader.line_num + 1) from None
+        raise decode_error(path, encoding, e) from None
     except csv.Error as e:
         raise DatasetLayoutError(f"{path} line {reader.line_num}: malformed csv ({e}).\n{_layout(key)}") from None
     return header, rows

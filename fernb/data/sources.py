@@ -131,7 +131,7 @@ def load_splits(dataset: str, data_root=None, *, size: int = 64, channels: int =
         raise TypeError("load_splits makes the splits itself; do not pass split=")
     name = str(dataset).strip().lower()
     if name == "synthfer":
-        return _synthfer_splits(data_root, size, channels, seed, n_train, n_val, n_test, reader_kw)
+        return _synthfer_splits(data_root, size, channels, seed, n_train, n_val, n_test, cache, reader_kw)
     key = readers._canonical_name(name)
     root = readers.resolve_root(key, data_root)
     k_test = max(2, int(round(1 / test_fraction)))
@@ -170,12 +170,16 @@ def load_splits(dataset: str, data_root=None, *, size: int = 64, channels: int =
     return Splits(*out)
 
 
-def _synthfer_splits(data_root, size, channels, seed, n_train, n_val, n_test, kw) -> Splits:
+def _synthfer_splits(data_root, size, channels, seed, n_train, n_val, n_test, cache, kw) -> Splits:
     from . import synthfer as S
 
     if data_root is not None:
         raise ValueError(f"SynthFER is rendered, not read from disk: data_root must be None, got {data_root!r} "
                          f"(set dataset to a real dataset's name to read {data_root})")
+    if cache is not True and cache is not False:      # a folder: SynthFER's cache goes there too
+        kw = dict(kw, cache_dir=cache)
+    else:
+        kw = dict(kw, cache=cache)
     out = []
     for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
         ds = S.synthfer(split, n, size=size, channels=channels, seed=seed, **kw)
