@@ -38,7 +38,10 @@ def weak(x: torch.Tensor, scale=(0.75, 1.0), ratio=(0.9, 1.1), flip: float = 0.5
     """
     b = x.shape[0]
     dev = x.device
-    rand = lambda *s: torch.rand(*s, generator=generator, device="cpu").to(dev)
+    # Drawn on the generator's device (the data's when there is none): a CPU draw copied to a GPU is a blocking
+    # copy that would synchronize the host with the GPU five times per batch. On the CPU nothing changes.
+    draw_on = generator.device if generator is not None else dev
+    rand = lambda *s: torch.rand(*s, generator=generator, device=draw_on).to(dev)
     area = scale[0] + (scale[1] - scale[0]) * rand(b)
     log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * rand(b)
     aspect = torch.exp(log_r)

@@ -273,14 +273,14 @@ def compute_alpha(drm: DRM, data: FERDataset, batch_size: int = 256, device=None
     was_training = drm.training
     drm.eval()
     alphas, logits = [], []
-    for index in torch.arange(len(data)).split(batch_size):
+    for index in torch.arange(len(data), device=data.device).split(batch_size):
         x = batch_input(data, index, device)  # the engine's normalization, so a DRM backbone fine-tunes as-is
         with autocast(device):
             a, z = drm(x)
-        alphas.append(a.float().cpu())
-        logits.append(z.float().cpu())
+        alphas.append(a.float())
+        logits.append(z.float())
     drm.train(was_training)
-    return torch.cat(alphas), torch.cat(logits)
+    return torch.cat(alphas).cpu(), torch.cat(logits).cpu()    # one transfer, not one per batch
 
 
 def evaluate_drm(drm: DRM, data: FERDataset, batch_size: int = 256, device=None) -> float:
@@ -296,6 +296,10 @@ def train_drm(model: nn.Module, train: FERDataset, val: FERDataset | None = None
               augment: Callable[[torch.Tensor], torch.Tensor] | None = None, device=None, seed: int = 0,
               progress: bool = True, inplace: bool = True) -> DRMResult:
     """Train `model` with the DRM (FUCLE Eq. 2-7) on `train`, relabeling low-importance samples as it goes.
+
+    The images, the working labels and the clean labels live on `device` for the whole run and each epoch's batch
+    indices are copied there once, so no step waits on a host-device copy (the model, the attention head and the
+    optimizer use `fernb.engine`'s device, precision and optimizer step).
 
     Each epoch (numbered from 0): shuffled batches (seeded `torch.randperm`) of float images, `augment(x)` if given,
     L_all (Eq. 5) with AdamW. From epoch `relabel_start_epoch` on, every batch's low-importance group is relabeled by
@@ -318,9 +322,10 @@ def train_drm(model: nn.Module, train: FERDataset, val: FERDataset | None = None
         few tens of epochs.
       lr = 1e-3, weight_decay = 1e-4: Adam-family defaults (SCN uses Adam with weight decay 1e-4).
 
-    `inplace=True` writes the relabeled labels into `train.labels` itself (so the dataset carries the current
-    labels); pass False to leave `train` untouched (e.g. when several runs share one dataset). Either way
-    `DRMResult.labels` holds the final labels and `DRMResult.initial_labels` the given ones.
+    `inplace=True` writes the relabeled labels into `train.labels` itself at the end of every relabeling epoch
+    (so the dataset carries the current labels); pass False to leave `train` untouched (e.g. when several runs
+    share one dataset). Either way `DRMResult.labels` holds the final labels and `DRMResult.initial_labels` the
+    given ones.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -335,8 +340,9 @@ def train_drm(model: nn.Module, train: FERDataset, val: FERDataset | None = None
     scaler = make_scaler(device)
 
     initial_labels = train.labels.detach().clone().cpu()
-    labels = train.labels if inplace else train.labels.clone()          # on the dataset's device
-    clean = train.clean_labels
+    data = train.to(device)                   # images, labels and clean labels resident on the device
+    labels = data.labels.clone()              # the working labels, relabeled in place batch by batch
+    clean = data.clean_labels
     log = RelabelLog(initial_labels, clean)
     n = len(train)
     alpha_all = torch.zeros(n, device=device)
@@ -356,29 +362,28 @@ def train_drm(model: nn.Module, train: FERDataset, val: FERDataset | None = None
         drm.train()
         sums = torch.zeros(5, device=device)     # loss, rr, wce, correct, relabeled: summed on device, read once
         batches = _batches(n, batch_size, beta, generator)
-        for index in batches:
-            index_data = index.to(train.device)
-            x = batch_input(train, index_data, device, augment)
-            y = labels[index_data].to(device)
+        for index in torch.cat(batches).to(device).split([len(b) for b in batches]):   # one copy per epoch
+            x = batch_input(data, index, device, augment)
+            y = labels[index]
             with autocast(device):
                 loss, parts, alpha, logits = drm.loss(x, y)
             optimizer_step(loss, optimizer, scaler)
 
             with torch.no_grad():
                 alpha, logits = alpha.detach().float(), logits.detach().float()
-                index_dev = index.to(device)
-                alpha_all[index_dev] = alpha
-                high_all[index_dev] = high_importance_mask(alpha, beta)
+                alpha_all[index] = alpha
+                high_all[index] = high_importance_mask(alpha, beta)
                 bsz = index.numel()
                 sums[:3] += torch.stack([parts["loss"], parts["rr"], parts["wce"]]) * bsz
                 sums[3] += (logits.argmax(1) == y).sum()
                 if relabeling:
                     probs = torch.softmax(alpha.unsqueeze(1) * logits, dim=1)
                     new_y, changed = relabel(probs, y, alpha, beta, delta2)
-                    labels[index_data] = new_y.to(labels.device)
-                    log.record(epoch, index_dev, y, new_y,
-                               clean[index_data].to(device) if clean is not None else None)
+                    labels[index] = new_y
+                    log.record(epoch, index, y, new_y, clean[index] if clean is not None else None)
                     sums[4] += changed.sum()
+        if inplace and relabeling:            # the dataset carries the current labels, updated once per epoch
+            train.labels.copy_(labels.to(train.labels.device))
 
         totals = (sums / torch.tensor([n, n, n, n, 1], device=device)).tolist()
         for key, value in zip(("train_loss", "rr", "wce", "train_acc", "relabeled"), totals):
