@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fernb import models
+from fernb import engine, models
 from fernb.data import augment as aug
 from fernb.data.dataset import FERDataset
 from fernb.methods import active
@@ -383,6 +383,37 @@ def test_run_active_learning_loop(tiny):
         initial_fraction=0.2, budget=0.1, cycles=1, seed=0, device="cpu",
         fit_kwargs={"epochs": 1, "batch_size": 4, "augment": None})
     assert again.labeled_counts == [8, 12]
+
+
+@pytest.mark.parametrize("threshold, expected_pseudo", [(0.0, 28), (1.0, 0)])
+def test_sigma_data_addition_adds_confident_unlabeled_rows(tiny, threshold, expected_pseudo):
+    """FUCLE Sec. 3.1: after a cycle, unlabeled rows above sigma join the next fit with predicted labels.
+    sigma = 0 admits every unlabeled row (28 = 40 - 12 labeled); sigma = 1 admits none."""
+    pool, test, _ = tiny
+    pool = pool.with_labels(pool.labels)                  # clean labels known, so the audit is computed
+    rows_per_fit, current = [], []
+
+    def counting(model, x, y, index):
+        assert (y >= 0).all()                              # no unlabeled row reaches the loss
+        current.append(len(index))
+        return engine.cross_entropy_step(model, x, y, index)
+
+    def model_fn():
+        rows_per_fit.append(current.copy()) if current else None
+        current.clear()
+        return models.create("resnet_mini", 7, in_chans=1)
+
+    result = active.run_active_learning(
+        "random", pool, test, model_fn=model_fn, initial_size=8, budget=4, cycles=1, seed=0, device="cpu",
+        fit_kwargs={"epochs": 1, "batch_size": 4, "augment": None, "loss_fn": counting},
+        pseudo_label_threshold=threshold)
+    rows_per_fit.append(current.copy())
+    frame = result.as_frame()
+    assert frame["n_pseudo"].tolist() == [0, expected_pseudo]
+    assert [sum(r) for r in rows_per_fit] == [8, 12 + expected_pseudo]
+    assert frame["n_labeled"].tolist() == [8, 12]          # pseudo-labels are not label reads
+    if expected_pseudo:
+        assert 0.0 <= frame["pseudo_accuracy"].iloc[1] <= 1.0
 
 
 def test_measure_sees_a_large_allocation():

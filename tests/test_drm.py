@@ -137,3 +137,29 @@ def test_train_drm_without_relabeling_epochs_and_dynamic_delta2():
                            batch_size=20, relabel_start_epoch=1, progress=False, device="cpu")
     assert len(no_relabel.log) == 0 and torch.equal(no_relabel.labels, given)
     assert math.isnan(no_relabel.history["val_acc"][0]) and no_relabel.delta2_trace == [0.2, 0.2]
+
+
+def test_explain_batch_matches_a_hand_computation():
+    """4 samples, beta = 0.5: the two largest alphas form the high group; only a low-group sample whose
+    P_max - P_gt exceeds delta2 is relabeled; the losses are Eq. 3-5 by hand."""
+    import math
+
+    from fernb.methods.drm import explain_batch
+    alpha = torch.tensor([0.9, 0.2, 0.8, 0.3])
+    logits = torch.tensor([[2.0, 0.0], [0.0, 5.0], [1.0, 0.0], [0.0, 0.5]])
+    labels = torch.tensor([0, 0, 1, 0])
+    table, losses = explain_batch(alpha, logits, labels, beta=0.5, delta1=0.15, gamma=0.5, delta2=0.2)
+    assert table["group"].tolist() == ["high", "high", "low", "low"]            # sorted by alpha: 0.9, 0.8, 0.3, 0.2
+    assert table.index.tolist() == [0, 2, 3, 1]
+    # sample 1: softmax(0.2 * [0, 5]) = [1/(1+e), e/(1+e)], gap = (e - 1)/(e + 1) = 0.46 > 0.2 -> relabeled to 1
+    # sample 3: softmax(0.3 * [0, 0.5]) gap = tanh(0.075) = 0.075 < 0.2 -> kept
+    assert table.loc[1, "relabeled to"] == 1 and table.loc[3, "relabeled to"] == ""
+    assert table.loc[1, "P_max - P_gt"] == pytest.approx((math.e - 1) / (math.e + 1), rel=1e-5)
+    assert table.loc[2, "relabeled to"] == ""                                     # high group: never relabeled
+    ce = lambda z, y: -z[y] + math.log(sum(math.exp(v) for v in z))
+    wce = (ce([1.8, 0.0], 0) + ce([0.0, 1.0], 0) + ce([0.8, 0.0], 1) + ce([0.0, 0.15], 0)) / 4
+    rr = max(0.0, 0.15 - ((0.9 + 0.8) / 2 - (0.3 + 0.2) / 2))
+    assert losses["L_WCE"] == pytest.approx(wce, rel=1e-5)
+    assert losses["alpha_H"] == pytest.approx(0.85) and losses["alpha_L"] == pytest.approx(0.25)
+    assert losses["L_RR"] == pytest.approx(rr, abs=1e-7)
+    assert losses["L_all"] == pytest.approx(0.5 * rr + 0.5 * wce, rel=1e-5)

@@ -763,11 +763,25 @@ def labeled_view(pool: FERDataset, mask: torch.Tensor) -> FERDataset:
     return replace(pool, labels=labels.to(pool.labels.device), clean_labels=None, soft_labels=None)
 
 
+@torch.no_grad()
+def _pseudo_labels(model, pool: FERDataset, mask: torch.Tensor, threshold: float, device, batch_size: int):
+    """Predicted labels of the unlabeled rows whose top probability exceeds `threshold` (-1 elsewhere)."""
+    unlabeled = (~mask).nonzero().flatten()
+    out = torch.full((len(pool),), UNLABELED, dtype=torch.long)
+    if len(unlabeled) == 0:
+        return out
+    probs = engine.predict(model, pool.subset(unlabeled), batch_size=batch_size, device=device).probs
+    confident = probs.max(1).values > threshold
+    out[unlabeled[confident]] = probs.argmax(1)[confident]
+    return out
+
+
 def run_active_learning(strategy: Strategy | str, pool: FERDataset, test: FERDataset, *, model_fn,
                         initial_fraction: float = 0.1, initial_size: int | None = None, budget: int | float = 0.05,
                         cycles: int = 7, fit_kwargs: dict | None = None, seed: int = 0,
                         val: FERDataset | None = None, device=None, progress: bool = False,
-                        initial_mask: torch.Tensor | None = None, batch_size: int = 256) -> ALResult:
+                        initial_mask: torch.Tensor | None = None, batch_size: int = 256,
+                        pseudo_label_threshold: float | None = None) -> ALResult:
     """Pool-based active learning: cycle 0 trains on the initial labeled set, then `cycles` rounds of
     query `budget` rows -> reveal their labels -> retrain -> evaluate on `test` (cycles + 1 evaluations).
 
@@ -785,6 +799,11 @@ def run_active_learning(strategy: Strategy | str, pool: FERDataset, test: FERDat
       comparable and avoids the warm-start generalization gap, at the cost of training from scratch each time.
     * `fit_kwargs` go to `fernb.engine.fit` (epochs, batch_size, lr, augment, ...); `seed` is the fit seed unless
       given there. `val` is used by strategies that need a validation set (GLISTER), not for model selection.
+    * `pseudo_label_threshold` = sigma (FUCLE Sec. 3.1, "incrementally add data with predictive values p-bar
+      more significant than the threshold sigma to the training dataset"): after each cycle's fit, the unlabeled
+      rows whose top predicted probability exceeds sigma join the next cycle's training set with the model's
+      predicted label. They are recomputed every cycle, cost no label reads, and are audited against the pool's
+      clean labels where those exist (`n_pseudo`, `pseudo_accuracy` per cycle). None (default) turns it off.
 
     Recorded per cycle: n_labeled, test accuracy and mean class accuracy (`fernb.engine.evaluate`), query and
     train wall time, query peak RSS increase, and the rows selected; overall wall time and peak memory (`measure`).
@@ -813,6 +832,8 @@ def run_active_learning(strategy: Strategy | str, pool: FERDataset, test: FERDat
         "device": str(device), "strategy": repr(strategy)})
     from tqdm.auto import tqdm
     model = None
+    pseudo = torch.full((N,), UNLABELED, dtype=torch.long)      # sigma data addition: predicted labels, -1 = none
+    clean = pool.clean_labels.cpu() if pool.clean_labels is not None else None
     with measure(device) as total:
         for cycle in tqdm(range(cycles + 1), desc=f"AL {strategy.name}", disable=not progress):
             picked = torch.empty(0, dtype=torch.long)
@@ -822,18 +843,27 @@ def run_active_learning(strategy: Strategy | str, pool: FERDataset, test: FERDat
                     picked = strategy.query(model, labeled_view(pool, mask), mask, per_cycle, device=device, val=val,
                                             batch_size=batch_size)
                 mask[picked] = True
+                if pseudo_label_threshold is not None:
+                    pseudo = _pseudo_labels(model, pool, mask, pseudo_label_threshold, device, batch_size)
             train = labeled_view(pool, mask)
+            added = pseudo >= 0
+            if bool(added.any()):
+                labels = torch.where(added & ~mask, pseudo, train.labels.cpu())
+                train = replace(train, labels=labels.to(train.labels.device))
             torch.manual_seed(seed)
             model = model_fn()
             with measure(device) as fitting:
                 engine.fit(model, train, device=device, **fit_kwargs)
             metrics = engine.evaluate(model, test, batch_size=batch_size, device=device)
             result.selected.append(picked)
+            n_pseudo = int((added & ~mask).sum())
             result.cycles.append({
                 "cycle": cycle, "n_labeled": int(mask.sum()), "n_selected": len(picked),
                 "accuracy": metrics["accuracy"], "mean_class_accuracy": metrics["mean_class_accuracy"],
                 "query_seconds": query.seconds, "query_peak_rss_mb": query.peak_rss_mb,
-                "train_seconds": fitting.seconds})
+                "train_seconds": fitting.seconds, "n_pseudo": n_pseudo,
+                "pseudo_accuracy": (float((pseudo[added & ~mask] == clean[added & ~mask]).float().mean())
+                                    if n_pseudo and clean is not None else float("nan"))})
     result.labeled_mask = mask
     result.wall_seconds, result.peak_rss_mb, result.peak_cuda_mb = total.seconds, total.peak_rss_mb, \
         total.peak_cuda_mb

@@ -25,7 +25,7 @@ from ..losses.drm import drm_loss, high_group_size, high_importance_mask
 from ..models import AttentionWeight, features_and_logits
 
 __all__ = ["relabel", "update_delta2", "RelabelLog", "DRMHead", "DRM", "DRMResult", "train_drm",
-           "evaluate_drm", "compute_alpha"]
+           "evaluate_drm", "compute_alpha", "explain_batch"]
 
 
 # ---- Eq. 6 and Eq. 7 ---------------------------------------------------------------------------------------------
@@ -404,3 +404,43 @@ def train_drm(model: nn.Module, train: FERDataset, val: FERDataset | None = None
 
     return DRMResult(model=drm, labels=labels.detach().clone().cpu(), initial_labels=initial_labels, log=log,
                      delta2_trace=delta2_trace, alpha=alpha_all.cpu(), high_mask=high_all.cpu(), history=history)
+
+
+# ---- a worked example ---------------------------------------------------------------------------------------------
+def explain_batch(alpha: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
+                  clean_labels: torch.Tensor | None = None, *, beta: float = 0.7, delta1: float = 0.15,
+                  gamma: float = 0.5, delta2: float = 0.2, classes=None):
+    """Eq. 2-7 on one small batch, step by step, for teaching: a per-sample table and the batch's losses.
+
+    Given the attention weights alpha_i (Eq. 2) and classifier logits W^T x_i of B samples with labels l_org:
+    the rank group of each sample (Eq. 4's split at floor(beta * B)), its weighted-CE term (Eq. 3), P_max and
+    P_gt of softmax(alpha_i * logits) (what Eq. 6 reads), and the relabel decision of Eq. 6 with `delta2`.
+    Returns (table, losses) where losses = {"L_WCE", "alpha_H", "alpha_L", "L_RR", "L_all"} (Eq. 3-5), computed with
+    the same functions training uses.
+    """
+    import pandas as pd
+    from torch.nn import functional as F
+
+    from ..losses.drm import rank_regularization_loss, weighted_cross_entropy
+
+    alpha, logits, labels = alpha.detach().float().reshape(-1), logits.detach().float(), labels.reshape(-1).long()
+    high = high_importance_mask(alpha, beta)
+    probs = torch.softmax(alpha[:, None] * logits, dim=1)
+    new, changed = relabel(probs, labels, alpha, beta, delta2)
+    name = (lambda k: classes[int(k)]) if classes is not None else int
+    table = pd.DataFrame({
+        "alpha": alpha.numpy(), "group": ["high" if h else "low" for h in high.tolist()],
+        "label": [name(k) for k in labels], "P_gt": probs.gather(1, labels[:, None]).squeeze(1).numpy(),
+        "prediction": [name(k) for k in probs.argmax(1)], "P_max": probs.max(1).values.numpy(),
+        "WCE term": F.cross_entropy(alpha[:, None] * logits, labels, reduction="none").numpy(),
+        "relabeled to": [name(n) if c else "" for n, c in zip(new, changed.tolist())]})
+    table["P_max - P_gt"] = table["P_max"] - table["P_gt"]
+    if clean_labels is not None:
+        table["clean label"] = [name(k) for k in clean_labels.reshape(-1)]
+    table = table.sort_values("alpha", ascending=False, kind="stable")
+    k = high_group_size(len(alpha), beta)
+    ranked = alpha.sort(descending=True).values
+    wce, rr = weighted_cross_entropy(logits, alpha, labels), rank_regularization_loss(alpha, beta, delta1)
+    losses = {"L_WCE": float(wce), "alpha_H": float(ranked[:k].mean()), "alpha_L": float(ranked[k:].mean()),
+              "L_RR": float(rr), "L_all": float(gamma * rr + (1 - gamma) * wce)}
+    return table, losses
