@@ -597,6 +597,29 @@ class GLISTER(Strategy):
                               bias=bias, picks_per_update=self.picks_per_update)
 
 
+def deepfool_batch_size(model: nn.Module, pool: FERDataset, rows: torch.Tensor, device=None, *,
+                        fraction: float = 0.25, probe_rows: int = 16, cpu: int = 64, cap: int = 4096) -> int:
+    """Rows per DeepFool batch on `device`: `cpu` (64) on the CPU, where a larger batch gains nothing; on CUDA as
+    many as fit in `fraction` of the GPU's free memory (a quarter: other runs may share the GPU, see
+    `fernb.parallel`), from the peak memory per row of one DeepFool iteration on a probe of `probe_rows` rows of
+    `rows`, rounded down to a multiple of 64 and kept within [64, cap]. The K input gradients per row make DeepFool
+    memory-hungry, and on a GPU the fixed batch of 64 left it launch-bound (13 s of a 15 s cycle in the issue)."""
+    device = engine.resolve_device(device)
+    if device.type != "cuda":
+        return cpu
+    probe = rows[:probe_rows]
+    x = engine.batch_input(pool, probe, device)
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    _restart_cuda_peak(device)
+    deepfool_perturbation_norms(model, x, max_iter=1)
+    torch.cuda.synchronize(device)
+    per_row = max(1.0, (torch.cuda.max_memory_allocated(device) - base) / max(1, len(probe)))
+    free, _ = torch.cuda.mem_get_info(device)
+    rows_fit = int(fraction * free / per_row) // 64 * 64
+    return int(min(cap, max(64, rows_fit)))
+
+
 class AdversarialDeepFool(Strategy):
     """DFAL (Ducoffe & Precioso 2018): query the unlabeled rows with the smallest DeepFool perturbation, i.e. the
     ones closest to the decision boundary in input space; see `deepfool_perturbation_norms`.
@@ -604,13 +627,14 @@ class AdversarialDeepFool(Strategy):
     Only the query rule is implemented (as in the DeepAL toolkit): DFAL additionally adds the adversarial images
     with the queried labels to the training set, which is not done here. Perturbations live in the network's
     normalized input space. DeepFool needs K input gradients per iteration, so it runs in batches of
-    `deepfool_batch_size`; `candidates` (optional) restricts it to a seeded random subset of the unlabeled rows
-    for large pools.
+    `deepfool_batch_size` rows (None: sized to the device by `deepfool_batch_size`, 64 on the CPU); rows do not
+    interact (eval mode), so the batch size changes the speed, not the norms. `candidates` (optional) restricts it
+    to a seeded random subset of the unlabeled rows for large pools.
     """
     name = "deepfool"
 
-    def __init__(self, seed: int = 0, max_iter: int = 50, overshoot: float = 0.02, deepfool_batch_size: int = 64,
-                 candidates: int | None = None):
+    def __init__(self, seed: int = 0, max_iter: int = 50, overshoot: float = 0.02,
+                 deepfool_batch_size: int | None = None, candidates: int | None = None):
         super().__init__(seed)
         self.max_iter, self.overshoot = max_iter, overshoot
         self.deepfool_batch_size, self.candidates = deepfool_batch_size, candidates
@@ -620,12 +644,12 @@ class AdversarialDeepFool(Strategy):
             keep = torch.randperm(len(unlabeled), generator=self.generator)[:max(self.candidates, n)]
             unlabeled = unlabeled[keep.sort().values]
         model = model.to(device).eval()
+        batch = self.deepfool_batch_size or deepfool_batch_size(model, pool, unlabeled, device)
         norms = []
-        for index in unlabeled.split(self.deepfool_batch_size):
+        for index in unlabeled.split(batch):
             x = engine.batch_input(pool, index, device)
-            norms.append(deepfool_perturbation_norms(model, x, max_iter=self.max_iter,
-                                                     overshoot=self.overshoot).cpu())
-        return unlabeled[_top(torch.cat(norms), n, descending=False)]
+            norms.append(deepfool_perturbation_norms(model, x, max_iter=self.max_iter, overshoot=self.overshoot))
+        return unlabeled[_top(torch.cat(norms).cpu(), n, descending=False)]
 
 
 STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (
@@ -653,32 +677,62 @@ class Measurement:
     method: str = ""
 
 
+_OPEN_CUDA: list[dict] = []   # CUDA measurements in progress (blocks nest: a run's total wraps its fits)
+
+
+def _restart_cuda_peak(device: torch.device) -> None:
+    """Reset CUDA's peak-memory counter, first handing the peak so far to every open `measure` block on that device,
+    so a nested block (or DeepFool's probe) does not erase its enclosing block's peak."""
+    peak = torch.cuda.max_memory_allocated(device)
+    for frame in _OPEN_CUDA:
+        if frame["device"] == device:
+            frame["peak"] = max(frame["peak"], peak)
+    torch.cuda.reset_peak_memory_stats(device)
+
+
+def _lifetime_peak_rss() -> int:
+    import resource
+    import sys
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
 @contextlib.contextmanager
 def measure(device=None, interval: float = 0.01):
     """Wall time and peak memory of the block: `with measure() as m: ...; m.seconds, m.peak_rss_mb`.
 
-    CPU memory: the peak resident set size (RSS) of this process above its value at entry. With psutil, a daemon
-    thread samples RSS every `interval` seconds (10 ms; a spike shorter than that can be missed). Without psutil,
-    resource.getrusage's lifetime maximum RSS is used, which only shows a peak that exceeds every earlier one.
-    tracemalloc is not used: it does not see torch's allocations. On CUDA (device None or a cuda device, when
-    available) also torch.cuda.max_memory_allocated above the allocation at entry.
+    `device` ("auto", "cpu", "cuda", "cuda:1", resolved by `fernb.engine.resolve_device`) says what runs inside.
+    On the CPU: the peak resident set size (RSS) of this process above its value at entry, from a daemon thread
+    that samples RSS every `interval` seconds (10 ms; a spike shorter than that can be missed); without psutil,
+    resource.getrusage's lifetime maximum RSS, which only shows a peak that exceeds every earlier one.
+    tracemalloc is not used: it does not see torch's allocations.
+    On CUDA: torch.cuda.max_memory_allocated above the allocation at entry (nested blocks keep their own peaks),
+    and for the CPU side a coarse reading with no sampler thread, which would take the interpreter from the
+    training loop every 10 ms: the RSS at exit, or the lifetime peak RSS when that rose inside the block.
     """
     m = Measurement()
-    use_cuda = engine.resolve_device(device).type == "cuda"
+    device = engine.resolve_device(device)
+    use_cuda = device.type == "cuda"
     if use_cuda:
-        torch.cuda.synchronize()
-        cuda_start = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.synchronize(device)
+        cuda_start = torch.cuda.memory_allocated(device)
+        _restart_cuda_peak(device)
+        frame = {"device": device, "peak": 0}
+        _OPEN_CUDA.append(frame)
     try:
         import psutil
     except ImportError:  # pragma: no cover - psutil is a transitive dependency of the notebook stack
         psutil = None
     stop = threading.Event()
+    sampler = psutil is not None and not use_cuda
+    lifetime_start = _lifetime_peak_rss()
     if psutil is not None:
         proc = psutil.Process()
         start = proc.memory_info().rss
         peak = [start]
-
+    else:
+        start = lifetime_start
+    if sampler:
         def sample():
             while not stop.is_set():
                 peak[0] = max(peak[0], proc.memory_info().rss)
@@ -687,11 +741,9 @@ def measure(device=None, interval: float = 0.01):
         thread = threading.Thread(target=sample, daemon=True)
         thread.start()
         m.method = f"psutil RSS sampled every {interval * 1000:.0f} ms"
+    elif psutil is not None:
+        m.method = "RSS at exit or lifetime peak RSS if it rose (CUDA: no sampler thread); GPU: max_memory_allocated"
     else:
-        import resource
-        import sys
-        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-        start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
         m.method = "resource.getrusage ru_maxrss"
     m.rss_start_mb = start / 2**20
     t0 = time.perf_counter()
@@ -699,17 +751,23 @@ def measure(device=None, interval: float = 0.01):
         yield m
     finally:
         if use_cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
         m.seconds = time.perf_counter() - t0
-        if psutil is not None:
+        if sampler:
             stop.set()
             thread.join()
             peak[0] = max(peak[0], proc.memory_info().rss)
             m.peak_rss_mb = (peak[0] - start) / 2**20
+        elif psutil is not None:
+            lifetime = _lifetime_peak_rss()
+            top = max(proc.memory_info().rss, lifetime if lifetime > lifetime_start else 0)
+            m.peak_rss_mb = max(0, top - start) / 2**20
         else:
-            m.peak_rss_mb = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale - start) / 2**20
+            m.peak_rss_mb = max(0, _lifetime_peak_rss() - start) / 2**20
         if use_cuda:
-            m.peak_cuda_mb = (torch.cuda.max_memory_allocated() - cuda_start) / 2**20
+            _OPEN_CUDA.remove(frame)
+            top = max(frame["peak"], torch.cuda.max_memory_allocated(device))
+            m.peak_cuda_mb = (top - cuda_start) / 2**20
 
 
 # ---------------------------------------------------------------------------------------------------------------
