@@ -1,0 +1,271 @@
+"""SSFER pieces: the MAE (fernb.models.mae), FaceMix (fernb.losses.facemix), face boxes (fernb.data.faceboxes), and
+the pipeline helpers of fernb.methods.ssfer (region FGSM, Grad-CAM regions, identity attribute, FLOPs)."""
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from fernb import engine, models
+from fernb.data import faceboxes as FB
+from fernb.data import synthfer as S
+from fernb.losses import facemix as fm
+from fernb.methods import ssfer
+from fernb.models import mae as M
+
+
+@pytest.fixture(scope="module")
+def faces():
+    return S.synthfer("train", 48, size=48, cache=False, seed=11)
+
+
+def _mae(mask_ratio=0.75):
+    torch.manual_seed(0)
+    return M.MaskedAutoencoder(models.create("vit_mini", 0, img_size=48), mask_ratio=mask_ratio)
+
+
+# ---- MAE ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("ratio", [0.5, 0.75, 0.9])
+def test_masking_keeps_exactly_L_times_1_minus_r_and_restore_inverts_the_shuffle(ratio):
+    torch.manual_seed(1)
+    b, n, d = 5, 36, 4
+    x = torch.arange(b * n, dtype=torch.float32).view(b, n, 1).expand(b, n, d).clone()
+    visible, mask, ids_restore = M.random_masking(x, ratio)
+    keep = int(n * (1 - ratio))
+    assert visible.shape == (b, keep, d)
+    assert (mask.sum(1) == n - keep).all() and ((mask == 0) | (mask == 1)).all()
+    # the visible tokens are exactly the unmasked positions, per sample (and differ between samples)
+    for i in range(b):
+        kept_positions = sorted((visible[i, :, 0] - i * n).long().tolist())
+        assert kept_positions == (mask[i] == 0).nonzero().flatten().tolist()
+    assert not torch.equal(mask[0], mask[1])
+    # restoring: put the visible tokens back, fill the masked slots with -1, unshuffle -> original order
+    filled = torch.cat([visible, torch.full((b, n - keep, d), -1.0)], dim=1)
+    restored = torch.gather(filled, 1, ids_restore.unsqueeze(-1).expand(-1, -1, d))
+    assert torch.equal(restored[mask == 0], x[mask == 0])
+    assert (restored[mask == 1] == -1).all()
+    ids_shuffle = torch.argsort(ids_restore, dim=1)
+    assert torch.equal(torch.gather(ids_shuffle, 1, ids_restore), torch.arange(n).expand(b, n))
+
+
+def test_patchify_unpatchify_round_trip_and_layout():
+    imgs = torch.randn(3, 3, 48, 40)
+    p = 8
+    patches = M.patchify(imgs, p)
+    assert patches.shape == (3, 6 * 5, p * p * 3)
+    assert torch.equal(M.unpatchify(patches, p, 3, grid=(6, 5)), imgs)
+    # patch (row 1, col 2) holds the pixels of that block, as (row, col, channel)
+    block = imgs[0, :, 8:16, 16:24].permute(1, 2, 0).reshape(-1)
+    assert torch.equal(patches[0, 1 * 5 + 2], block)
+    with pytest.raises(ValueError):
+        M.patchify(torch.zeros(1, 3, 50, 48), 8)
+
+
+def test_loss_reads_only_masked_patches():
+    torch.manual_seed(2)
+    pred, target = torch.randn(2, 36, 192), torch.randn(2, 36, 192)
+    mask = (torch.rand(2, 36) < 0.75).float()
+    base = M.masked_patch_loss(pred, target, mask)
+    changed = target.clone()
+    changed[mask == 0] += 5.0                       # change every visible patch's target
+    assert torch.equal(M.masked_patch_loss(pred, changed, mask), base)
+    changed = target.clone()
+    changed[mask == 1] = torch.randn_like(changed[mask == 1])   # (a constant shift would vanish in norm_pix)
+    assert not torch.equal(M.masked_patch_loss(pred, changed, mask), base)
+    # by hand (no normalization): mean over masked patches of the per-patch MSE
+    by_hand = (((pred - target) ** 2).mean(-1) * mask).sum() / mask.sum()
+    assert torch.allclose(M.masked_patch_loss(pred, target, mask, norm_pix=False), by_hand)
+
+
+def test_mae_forward_end_to_end_reads_only_masked_pixels(faces):
+    mae = _mae().eval()
+    x = engine.batch_input(faces, torch.arange(4), torch.device("cpu"))
+    noise = torch.rand(4, 36)
+    out = mae(x, noise=noise)
+    assert out.pred.shape == (4, 36, 8 * 8 * 3) and out.mask.shape == (4, 36)
+    assert (out.mask.sum(1) == 36 - 9).all()
+    # the target of a visible patch may change without changing the loss ... once the input is held fixed:
+    # recompute the loss with the same prediction and a target whose visible patches are noise
+    target = M.patchify(x, 8)
+    noisy = torch.where(out.mask.bool()[..., None], target, torch.randn_like(target))
+    assert torch.allclose(M.masked_patch_loss(out.pred, noisy, out.mask), out.loss)
+    masked_input, pasted, loss = mae.reconstruct(x, noise=noise)
+    assert masked_input.shape == pasted.shape == x.shape
+    visible = (out.mask == 0)[..., None]
+    assert torch.allclose(M.patchify(pasted, 8)[visible.expand(-1, -1, 192)],
+                          target[visible.expand(-1, -1, 192)])
+
+
+def test_encoder_checkpoint_loads_into_the_classifier(tmp_path):
+    mae = _mae()
+    path = M.save_encoder(mae, tmp_path / "enc.pt")
+    clf = M.vit_classifier("vit_mini", 7, img_size=48, encoder_checkpoint=path)
+    enc_state = mae.encoder.state_dict()
+    for key, value in clf.state_dict().items():
+        if key.startswith(("head.", "fc_norm.")):
+            continue
+        assert torch.equal(value, enc_state[key]), key
+    assert clf.global_pool == "avg" and clf(torch.zeros(2, 3, 48, 48)).shape == (2, 7)
+    other = models.create("vit_mini", 0, img_size=64)           # different grid: positions do not fit
+    torch.save(other.state_dict(), tmp_path / "bad.pt")
+    with pytest.raises((ValueError, RuntimeError)):
+        M.vit_classifier("vit_mini", 7, img_size=48, encoder_checkpoint=tmp_path / "bad.pt")
+    with pytest.raises(FileNotFoundError):
+        M.load_encoder(clf, tmp_path / "missing.pt")
+
+
+def test_pretrain_mae_runs_and_learns(faces, tmp_path):
+    res = ssfer.pretrain_mae("vit_mini", faces, tmp_path / "mae.pt", img_size=48, steps=12, batch_size=16,
+                             lr=2e-3, device="cpu", seed=0)
+    assert res.checkpoint.is_file() and len(res.history.train_loss) == 4
+    assert res.history.train_loss[-1] < res.history.train_loss[0]
+    M.vit_classifier("vit_mini", 7, img_size=48, encoder_checkpoint=res.checkpoint)
+
+
+# ---- FaceMix ------------------------------------------------------------------------------------------------------
+def test_kappa_is_0_for_identical_boxes_and_1_for_disjoint_ones():
+    a = torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 15.0, 25.0], [0.0, 0.0, 10.0, 10.0]])
+    b = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 0.0, 30.0, 10.0], [5.0, 0.0, 15.0, 10.0]])
+    k = fm.kappa_from_boxes(a, b)
+    assert k[0] == 0.0 and k[1] == 1.0
+    assert k[2] == pytest.approx(1 - 50 / 150)                         # overlap 5x10, union 150
+    assert fm.kappa_from_boxes(torch.zeros(1, 4), torch.zeros(1, 4))[0] == 1.0   # empty boxes: nothing shared
+
+
+def test_kappa_from_image_metrics_maps_onto_0_1():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 48, 48, generator=g)
+    y = torch.rand(3, 3, 48, 48, generator=g)
+    for metric in ("psnr", "ssim", "fsim"):
+        same = fm.kappa_from_images(x, x, metric)
+        diff = fm.kappa_from_images(x, y, metric)
+        assert same.shape == (3,) and torch.allclose(same, torch.zeros(3), atol=1e-4), metric
+        assert ((diff > same + 0.05) & (diff <= 1)).all(), metric
+    black, white = torch.zeros(1, 3, 48, 48), torch.ones(1, 3, 48, 48)
+    assert fm.kappa_from_images(black, white, "psnr").item() == pytest.approx(1.0)
+    rmse = ((x - y) ** 2).mean(dim=(1, 2, 3)).sqrt()
+    assert torch.allclose(fm.kappa_from_images(x, y, "psnr"), rmse, atol=1e-5)   # 10^(-PSNR/20) = RMSE
+    with pytest.raises(ValueError):
+        fm.kappa_from_images(x, y, "iou")
+
+
+def test_facemix_loss_against_a_hand_computation():
+    logits_v = torch.tensor([[2.0, 0.0, 1.0], [0.5, 0.5, -1.0]])
+    logits_r = torch.tensor([[1.0, -1.0, 0.0], [0.0, 2.0, 0.0]])
+    y = torch.tensor([0, 1])
+    perm = torch.tensor([1, 0])
+    lam = 0.7
+    kappa = torch.tensor([0.2, 0.6])
+    logp_v = torch.log_softmax(logits_v, 1)
+    ytil = torch.tensor([[0.7, 0.3, 0.0], [0.3, 0.7, 0.0]])
+    l_v = -(ytil * logp_v).sum(1)
+    ce = -torch.log_softmax(logits_r, 1)[torch.arange(2), y]
+    l_i, l_j = ce, ce[perm]
+    by_hand = {
+        "L4": (l_v + kappa * (l_i + l_j)).mean(),
+        "L1": ((1 - kappa) * l_v + l_i + l_j).mean(),
+        "L2": (l_v + (1 - kappa) * (l_i + l_j)).mean(),
+        "L3": (kappa * l_v + l_i + l_j).mean(),
+    }
+    for variant, expected in by_hand.items():
+        got = fm.facemix_loss(logits_v, logits_r, y, perm, lam, kappa, variant=variant)
+        assert got.item() == pytest.approx(expected.item(), rel=1e-6), variant
+    # kappa = 0 (same boxes): L4 is plain Mixup (Eq. 7)
+    zero = fm.facemix_loss(logits_v, logits_r, y, perm, lam, torch.zeros(2))
+    assert zero.item() == pytest.approx(l_v.mean().item(), rel=1e-6)
+    with pytest.raises(ValueError):
+        fm.facemix_loss(logits_v, logits_r, y, perm, lam, kappa, variant="L5")
+
+
+def test_mixup_and_cutmix_batches():
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
+    perm = torch.tensor([1, 0])
+    mb = fm.mixup_batch(x, 0.25, perm)
+    assert torch.allclose(mb.x, 0.25 * x + 0.75 * x[perm])
+    torch.manual_seed(0)
+    cb = fm.cutmix_batch(x, 0.5, perm)
+    from_partner = (cb.x != x).float().mean().item()
+    assert cb.lam == pytest.approx(1 - from_partner)        # lambda corrected to the area actually kept
+    torch.manual_seed(0)
+    lams = [fm.sample_lambda(0.8) for _ in range(200)]
+    assert all(0 <= v <= 1 for v in lams) and abs(sum(lams) / 200 - 0.5) < 0.08   # Beta(a, a) is symmetric
+    assert fm.sample_lambda(0.0) == 1.0
+
+
+def test_mixing_loss_steps(faces):
+    torch.manual_seed(0)
+    net = M.vit_classifier("vit_mini", 7, img_size=48)
+    x = engine.batch_input(faces, torch.arange(8), torch.device("cpu"))
+    y, index = faces.labels[:8], torch.arange(8)
+    for mode in ("none", "mixup", "cutmix"):
+        loss, _ = ssfer.mixing_loss(mode)(net, x, y, index)
+        assert loss.ndim == 0 and loss > 0
+    loss, logits = ssfer.mixing_loss("facemix", boxes=faces.boxes)(net, x, y, index)
+    assert loss > 0 and logits.shape == (8, 7)
+    for kappa in ("psnr", "ssim", "fsim"):
+        assert ssfer.mixing_loss("facemix", kappa=kappa)(net, x, y, index)[0] > 0
+    with pytest.raises(ValueError, match="boxes"):
+        ssfer.mixing_loss("facemix")
+
+
+# ---- face boxes ---------------------------------------------------------------------------------------------------
+def test_face_boxes_sources(faces):
+    truth = FB.face_boxes(faces)
+    assert truth.source == "truth" and torch.equal(truth.boxes, faces.boxes.float()) and truth.detection_rate == 1
+    haar = FB.face_boxes(faces, source="haar")
+    assert haar.source == "haar" and 0 < haar.detection_rate <= 1
+    iou = fm.box_iou_pairs(haar.boxes[haar.found], faces.boxes[haar.found])
+    assert iou.mean() > 0.4                            # where it fires, the detector finds the rendered face
+    assert torch.equal(haar.boxes[~haar.found], FB.full_frame_boxes(int((~haar.found).sum()), 48))
+    # AffectNet-style crops: the annotated box is the whole stored frame, so auto falls back to the detector
+    crops = faces.with_labels(faces.labels)
+    crops.info = {"source": "AffectNet", "boxes": "face box x0,y0,x1,y1 in original-image pixels; images are its crop"}
+    assert FB.face_boxes(crops).source == "haar"
+    ann = FB.face_boxes(crops, source="annotation")
+    assert torch.equal(ann.boxes, FB.full_frame_boxes(len(faces), 48))
+    with pytest.raises(ValueError):
+        FB.face_boxes(crops, source="truth")
+
+
+# ---- robustness ---------------------------------------------------------------------------------------------------
+def test_fgsm_changes_only_the_region(faces):
+    torch.manual_seed(0)
+    net = M.vit_classifier("vit_mini", 7, img_size=48)
+    x01 = faces.images[:6].float() / 255
+    region = torch.zeros(6, 48, 48, dtype=torch.bool)
+    region[:, 10:30, 5:25] = True
+    adv = ssfer.fgsm(net, x01, faces.labels[:6], 0.05, region, device="cpu")
+    inside = region[:, None].expand_as(x01)
+    assert torch.equal(adv[~inside], x01[~inside])
+    changed = (adv - x01).abs()[inside]
+    assert (changed > 0).float().mean() > 0.5 and changed.max() <= 0.05 + 1e-6
+    whole = ssfer.fgsm(net, x01, faces.labels[:6], 0.05, None, device="cpu")
+    assert (whole != x01).float().mean() > 0.5
+
+
+def test_grad_cam_regions_match_the_attacked_pixel_count():
+    g = torch.Generator().manual_seed(0)
+    cams = torch.rand(4, 16, 16, generator=g)
+    focused, unfocused, rand, fr = ssfer.grad_cam_regions(cams, 0.3)
+    assert torch.equal(focused, cams > 0.3)
+    assert not (focused & unfocused).any()
+    assert torch.equal(unfocused.sum((1, 2)), torch.minimum(focused.sum((1, 2)), (~focused).sum((1, 2))))
+    assert torch.equal(rand.sum((1, 2)), focused.sum((1, 2)))
+    assert fr["focused"] == pytest.approx(float(focused.float().mean()))
+
+
+def test_identity_attribute_is_a_property_of_the_identity(faces):
+    hair = ssfer.identity_attribute(faces)
+    assert hair.min() >= 0 and hair.max() <= 3
+    for ident in faces.identities.unique():
+        assert len(hair[faces.identities == ident].unique()) == 1
+    task = ssfer.attribute_task(faces)
+    assert task.classes == ssfer.HAIR_STYLES and torch.equal(task.labels, hair)
+    glasses = ssfer.identity_attribute(faces, "glasses")
+    assert set(glasses.unique().tolist()) <= {0, 1}
+
+
+def test_flops_and_params_of_vit_base():
+    out = ssfer.flops_and_params(lambda: models.create("vit_base", 7), (1, 3, 224, 224))
+    assert out["params"] == pytest.approx(85.8e6, rel=0.01)
+    assert 15e9 < out["macs"] < 19e9                  # ViT-B/16 at 224: about 17.6 G multiply-adds
