@@ -364,12 +364,13 @@ def decode_items(items: Sequence, loader: Callable, *, size: int, channels: int,
                 chunk_uniform: set[int] = set()
                 _flag_uniform(out_np[good], good, chunk_uniform)
                 uniform |= chunk_uniform
-                if parts is not None:
+                last = position == len(todo) - 1
+                if parts is not None and not last:       # the last chunk goes straight into the final file
                     atomic_save({"start": start, "stop": stop, "images": torch.from_numpy(out_np[start:stop].copy()),
                                  "errors": chunk_errors, "uniform": sorted(chunk_uniform)},
                                 parts / f"part-{start:09d}-{stop:09d}.pt")
                 if chunk_errors and not skip_bad:
-                    complete = position == len(todo) - 1
+                    complete = last
                     break                # fail fast: this chunk is saved, the rest waits for the next run
         finally:
             if pool is not None:
