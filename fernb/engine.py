@@ -196,8 +196,11 @@ class _Step(nn.Module):
         return self.loss_fn(self.model, x, y, index)
 
 
-def batch_input(data: FERDataset, index: torch.Tensor, device: torch.device, augment=None) -> torch.Tensor:
-    """Network input for rows `index`: uint8 -> float [0, 1] -> augment (batched) -> normalized, on `device`."""
+def batch_input(data: FERDataset, index: torch.Tensor, device, augment=None) -> torch.Tensor:
+    """Network input for rows `index`: uint8 -> float [0, 1] -> augment (batched) -> normalized, on `device`.
+    `augment`: a callable on float [0, 1] batches or a `fernb.data.augment` name ("weak", ...)."""
+    device = resolve_device(device)
+    augment = aug.get(augment)
     x = data.images[index.to(data.images.device)].to(device, non_blocking=True).float().div_(255.0)
     if augment is not None:
         x = augment(x)
