@@ -186,7 +186,9 @@ def _next_result(results, procs):
 
 
 def _worker(fn, device_name: str, threads: int, tasks, results) -> None:
-    from torch.multiprocessing.reductions import ForkingPickler
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # noqa: F401 - registers the shared-memory reductions of tensors
 
     os.environ["FERNB_DEVICE"] = device_name        # "auto" inside the jobs means this worker's device
     torch.set_num_threads(threads)
