@@ -46,6 +46,7 @@ import json
 import math
 import os
 import shutil
+import struct
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -192,7 +193,7 @@ def load_image(path, size: int, channels: int, box=None, where: str | None = Non
             return to_chw(im, size, channels)
     except DatasetError:
         raise
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError) as e:
         raise CorruptImageError(f"cannot decode image {path}{listed}: {e} (pass skip_bad=True to skip unreadable "
                                 f"images; they are counted in info['skipped_reasons'])") from e
 
