@@ -1,4 +1,5 @@
 """`python -m fernb run [NOTEBOOK ...] --profile smoke|cpu|gpu|paper [-p key value ...] [--check]`
+(`python -m fernb train ...`: the training jobs that run under torchrun, `fernb.train`.)
 
 Executes notebooks with papermill under an explicit Jupyter kernel, writes the executed copies back in place (or to
 --output-dir; the smoke profile always goes to a separate folder so test runs never overwrite committed notebooks),
@@ -158,9 +159,15 @@ def build_cache(profile: str | None) -> int:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:              # its own parser: `python -m fernb train --help`
+        from .train import main as train_main
+        return train_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m fernb", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("train", help="train a model or pre-train a backbone, on one GPU or under torchrun "
+                                 "(python -m fernb train --help)")
     run = sub.add_parser("run", help="execute notebooks with papermill")
     run.add_argument("notebooks", nargs="*", help="names or number prefixes (default: all)")
     run.add_argument("--profile", choices=("smoke", "cpu", "gpu", "paper"), default=None,

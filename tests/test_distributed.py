@@ -1,0 +1,151 @@
+"""engine.fit under DistributedDataParallel on the CPU: gloo backend, 2 processes (issue 7, item 5).
+
+Two ranks with a global batch of 64 (32 rows each) against one process with batch 64, on the same data:
+* without BatchNorm or augmentation the two runs compute the same gradients, so they end with the same weights
+  (up to float summation order): the sharding of the seeded permutation and the gradient averaging are right;
+* resnet_mini with augmentation (per-rank BatchNorm statistics and crops): the same number of samples per epoch,
+  a final test accuracy within tolerance of the single process's, and resume after a kill equal to the
+  uninterrupted DDP run, weight for weight (rank 0 writes the checkpoint, both ranks resume from it);
+* `python -m fernb train --nproc 2` starts torchrun and trains under it.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from fernb import distributed, engine, models
+from fernb.data import synthfer as S
+from fernb.paths import REPO
+
+WORLD = 2
+RESNET = dict(epochs=6, batch_size=64, lr=1e-2, augment="weak", device="cpu", seed=5, progress=False)
+# SGD, not Adam: Adam divides by sqrt(v), which turns float-rounding differences in tiny gradients into visible
+# weight differences; SGD keeps "the same gradients" testable to float precision.
+PLAIN = dict(epochs=2, batch_size=64, lr=0.05, optimizer="sgd", augment=None, scheduler=None, device="cpu", seed=2,
+             progress=False)
+
+
+def _data():
+    return (S.synthfer("train", 512, size=48, cache=False, seed=21),
+            S.synthfer("test", 256, size=48, cache=False, seed=22))
+
+
+def _resnet():
+    torch.manual_seed(0)
+    return models.create("resnet_mini", 7)
+
+
+def _plain():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 7))
+
+
+class Killed(RuntimeError):
+    pass
+
+
+def _kill_after(epoch_index):
+    def callback(epoch, history):
+        if epoch == epoch_index:
+            raise Killed(f"simulated kill after epoch {epoch}")
+    return callback
+
+
+def _rank_main(rank: int, init_file: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        train, test = _data()
+        plain = _plain()
+        plain_hist = engine.fit(plain, train, **PLAIN)
+
+        ckpt_a, ckpt_b = f"{out}.a.pt", f"{out}.b.pt"
+        model_a = _resnet()
+        hist_a = engine.fit(model_a, train, checkpoint=ckpt_a, **RESNET)
+        with pytest.raises(Killed):
+            engine.fit(_resnet(), train, checkpoint=ckpt_b, callbacks=(_kill_after(1),), **RESNET)
+        killed_at = torch.load(ckpt_b, weights_only=True)["epoch"]
+        model_c = _resnet()                          # a restarted job builds a fresh model on every rank
+        hist_c = engine.fit(model_c, train, checkpoint=ckpt_b, **RESNET)
+        accuracy = engine.evaluate(model_a, test, device="cpu")["accuracy"]
+        same_resume = all(torch.equal(a, c) for a, c in zip(model_a.state_dict().values(),
+                                                            model_c.state_dict().values()))
+        # every rank holds the same weights (DDP keeps them in sync); gather a checksum to compare
+        checksum = torch.tensor([float(sum(p.detach().double().sum() for p in model_a.parameters()))])
+        gathered = [torch.zeros(1) for _ in range(WORLD)]
+        dist.all_gather(gathered, checksum)
+        if distributed.is_main():
+            torch.save({"plain": {k: v.clone() for k, v in plain.state_dict().items()},
+                        "plain_samples": plain_hist.samples, "samples": hist_a.samples,
+                        "world_size": hist_a.world_size, "accuracy": accuracy, "same_resume": same_resume,
+                        "resume_history": (hist_c.train_loss == hist_a.train_loss, hist_c.epoch),
+                        "checksums": [float(g) for g in gathered],
+                        "checkpoint_epoch": killed_at}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ddp_result(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    out = str(tmp / "rank0.pt")
+    mp.spawn(_rank_main, args=(str(tmp / "init"), out), nprocs=WORLD, join=True)
+    return torch.load(out, weights_only=False)
+
+
+def test_ddp_without_batchnorm_equals_one_process_with_the_same_global_batch(ddp_result):
+    train, _ = _data()
+    single = _plain()
+    hist = engine.fit(single, train, **PLAIN)
+    assert ddp_result["plain_samples"] == hist.samples == [512, 512]
+    moved = max(float((value - _plain().state_dict()[key]).abs().max()) for key, value in single.state_dict().items())
+    assert moved > 1e-3                                            # training moved the weights
+    for key, value in single.state_dict().items():
+        diff = float((ddp_result["plain"][key] - value).abs().max())
+        assert diff < 1e-5, (key, diff)
+
+
+def test_ddp_resnet_sees_the_same_samples_and_reaches_the_same_accuracy(ddp_result):
+    train, test = _data()
+    single = _resnet()
+    hist = engine.fit(single, train, **RESNET)
+    single_acc = engine.evaluate(single, test, device="cpu")["accuracy"]
+    assert ddp_result["world_size"] == 2 and hist.world_size == 1
+    assert ddp_result["samples"] == hist.samples == [512] * 6
+    assert len(set(ddp_result["checksums"])) == 1                 # both ranks end with the same weights
+    # chance is 1/7 = 0.14 and one standard error on 256 test images about 0.03: both runs learned something
+    assert single_acc > 0.2 and ddp_result["accuracy"] > 0.2
+    assert abs(ddp_result["accuracy"] - single_acc) <= 0.1, (ddp_result["accuracy"], single_acc)
+    print(f"test accuracy: DDP 2 x 32 = {ddp_result['accuracy']:.3f}, one process x 64 = {single_acc:.3f}")
+
+
+def test_ddp_resume_after_a_kill_equals_the_uninterrupted_run(ddp_result):
+    assert ddp_result["checkpoint_epoch"] == 1                     # rank 0 wrote it before the kill
+    same_losses, epochs = ddp_result["resume_history"]
+    assert same_losses and epochs == [1, 2, 3, 4, 5, 6]
+    assert ddp_result["same_resume"]
+
+
+def test_python_m_fernb_train_nproc_2_runs_under_torchrun(tmp_path):
+    summary = tmp_path / "summary.json"
+    cmd = [sys.executable, "-m", "fernb", "train", "--nproc", "2", "--profile", "smoke", "--device", "cpu",
+           "--n-train", "256", "--n-val", "64", "--n-test", "64", "--image-size", "48", "--epochs", "1",
+           "--batch-size", "64", "--no-cache", "--out", str(tmp_path / "w.pt"), "--json", str(summary)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads(summary.read_text())
+    assert result["world_size"] == 2 and result["samples_per_epoch"] == [256] and result["global_batch"] == 64
+    weights = torch.load(tmp_path / "w.pt", weights_only=True)
+    model = models.create("resnet_mini", 7)
+    model.load_state_dict(weights)
