@@ -371,3 +371,33 @@ def test_no_module_reads_the_device_off_a_parameter():
             if pattern in source:
                 offenders.append(f"{info.name}: {pattern}")
     assert not offenders, offenders
+
+
+def test_measure_on_cuda_keeps_nested_peaks_and_starts_no_sampler_thread(monkeypatch):
+    """The CUDA branch of `measure`, with torch.cuda's memory counters faked: no 10 ms RSS thread competes with
+    training, and an inner block's reset of the peak counter does not erase the outer block's peak."""
+    import threading
+
+    mem = {"allocated": 100 * 2**20, "peak": 100 * 2**20}
+
+    def allocate(mib):
+        mem["allocated"] += mib * 2**20
+        mem["peak"] = max(mem["peak"], mem["allocated"])
+
+    def reset(device=None):
+        mem["peak"] = mem["allocated"]
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: mem["allocated"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: mem["peak"])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", reset)
+    threads_before = threading.active_count()
+    with active.measure("cuda") as outer:
+        allocate(500)                      # outer peak: 600 MiB, then freed
+        allocate(-500)
+        with active.measure("cuda") as inner:
+            assert threading.active_count() == threads_before
+            allocate(50)
+            allocate(-50)
+    assert inner.peak_cuda_mb == 50 and outer.peak_cuda_mb == 500
+    assert "no sampler thread" in outer.method and outer.peak_rss_mb >= 0

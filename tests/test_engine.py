@@ -207,3 +207,68 @@ def test_optimizer_step_and_make_optimizer_on_cpu(tiny, initial_model):
     hist = engine.fit(copy.deepcopy(initial_model), tiny.subset(torch.arange(64)), epochs=1, device="cpu",
                       progress=False)
     assert hist.precision == "float32"
+
+
+# ---- GPU-facing options that run on the CPU (issue 7) -----------------------------------------------------------
+def test_resolve_device_reads_fernb_device_and_local_rank(monkeypatch):
+    monkeypatch.setenv("FERNB_DEVICE", "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert engine.resolve_device("auto") == torch.device("cpu")         # the override wins over CUDA
+    assert engine.resolve_device("cuda:1") == torch.device("cuda", 1)    # explicit names are untouched
+    monkeypatch.delenv("FERNB_DEVICE")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert engine.resolve_device("auto") == torch.device("cuda", 3)     # under torchrun: this rank's GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert engine.resolve_device(None) == torch.device("cpu")
+
+
+def test_compile_mode_defaults_and_overrides(monkeypatch):
+    monkeypatch.delenv("FERNB_COMPILE", raising=False)
+    assert engine.compile_mode(None, "cpu") is None                     # CPU: eager (float32 results unchanged)
+    assert engine.compile_mode(None, torch.device("cuda")) == "reduce-overhead"
+    assert engine.compile_mode(False, "cuda") is None and engine.compile_mode("off", "cuda") is None
+    assert engine.compile_mode(True, "cpu") == "default"
+    assert engine.compile_mode("reduce-overhead", "cpu") == "default"   # no CUDA graphs without CUDA
+    monkeypatch.setenv("FERNB_COMPILE", "off")
+    assert engine.compile_mode(None, torch.device("cuda")) is None
+    monkeypatch.setenv("FERNB_COMPILE", "max-autotune-no-cudagraphs")
+    assert engine.compile_mode(None, "cpu") == "max-autotune-no-cudagraphs"
+    with pytest.raises(ValueError, match="compile must be"):
+        engine.compile_mode("fast", "cpu")
+
+
+def test_compiled_fit_reuses_one_graph_across_fresh_models_and_matches_eager(tiny, initial_model, monkeypatch):
+    """The compiled step of every fit of the same architecture is one graph (Dynamo guards on structure, not on
+    the model object), and compiling changes nothing but speed: the "eager" backend stands in for Inductor here,
+    which would spend minutes compiling on a 2-core CPU."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(engine, "compiled", lambda fn, mode: torch.compile(fn, backend="eager"))
+    torch._dynamo.reset()
+    counters.clear()
+    data = tiny.subset(torch.arange(64))
+    eager = engine.fit(copy.deepcopy(initial_model), data, epochs=2, batch_size=32, device="cpu", progress=False,
+                       compile=False)
+    runs = [engine.fit(copy.deepcopy(initial_model), data, epochs=2, batch_size=32, device="cpu", progress=False,
+                       compile=True) for _ in range(3)]
+    assert counters["stats"]["unique_graphs"] == 1
+    for hist in runs:
+        assert hist.compile == "default" and hist.train_loss == eager.train_loss
+        assert hist.first_step_seconds is not None and hist.samples == [64, 64]
+    assert eager.compile == "off"
+
+
+def test_a_step_that_fails_to_compile_falls_back_to_eager(tiny, initial_model, monkeypatch):
+    def broken(fn, mode):
+        def step(*args):
+            raise RuntimeError("inductor: no C++ compiler")
+        return step
+
+    monkeypatch.setattr(engine, "compiled", broken)
+    data = tiny.subset(torch.arange(64))
+    with pytest.warns(RuntimeWarning, match="continues eagerly"):
+        hist = engine.fit(copy.deepcopy(initial_model), data, epochs=1, batch_size=32, device="cpu",
+                          progress=False, compile=True)
+    ref = engine.fit(copy.deepcopy(initial_model), data, epochs=1, batch_size=32, device="cpu", progress=False)
+    assert hist.compile == "off" and hist.train_loss == ref.train_loss
