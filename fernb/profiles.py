@@ -1,5 +1,11 @@
 """Profiles: how much work a notebook does. `smoke` (CI, <= 3 min on 2 CPU cores), `cpu` (a laptop, <= 15 min),
-`gpu` (one modern GPU, <= 15 min), `paper` (a real dataset on a GPU, hours).
+`gpu` (one modern GPU, <= 8 min on one H100: a lent GPU's command runs 10 min at most), `paper` (a real dataset on
+GPUs, hours).
+
+`compile` is the profile's default for `fernb.engine.fit(compile=...)`: the notebook runner exports it as
+`FERNB_COMPILE` for the kernel (CUDA graphs through torch.compile on the GPU profiles, eager on the CPU ones). The
+gpu profile trains with larger batches than the CPU ones (512: at 64 px a GPU step is launch-bound, so a larger
+batch costs little more time than a small one) and pairs its comparisons over 5 seeds.
 
 `get(notebook, profile)` merges the shared preset with the notebook's own overrides, so a notebook's parameters cell
 holds only the profile name and the knobs a user turns.
@@ -15,13 +21,14 @@ NAMES = ("smoke", "cpu", "gpu", "paper")
 
 BASE = {
     "smoke": dict(n_train=1400, n_val=300, n_test=700, image_size=48, channels=3, model="resnet_mini",
-                  epochs=3, batch_size=64, lr=3e-3, seeds=(0,), progress=False),
+                  epochs=3, batch_size=64, lr=3e-3, seeds=(0,), progress=False, compile=False),
     "cpu": dict(n_train=6000, n_val=1000, n_test=2000, image_size=64, channels=3, model="resnet_mini",
-                epochs=10, batch_size=128, lr=3e-3, seeds=(0, 1), progress=True),
+                epochs=10, batch_size=128, lr=3e-3, seeds=(0, 1), progress=True, compile=False),
     "gpu": dict(n_train=20000, n_val=2000, n_test=4000, image_size=64, channels=3, model="resnet18",
-                epochs=30, batch_size=256, lr=2e-3, seeds=(0, 1, 2), progress=True),
+                epochs=30, batch_size=512, lr=3e-3, seeds=(0, 1, 2, 3, 4), progress=True,
+                compile="reduce-overhead"),
     "paper": dict(n_train=None, n_val=None, n_test=None, image_size=112, channels=3, model="resnet18",
-                  epochs=60, batch_size=128, lr=1e-3, seeds=(0, 1, 2), progress=True),
+                  epochs=60, batch_size=128, lr=1e-3, seeds=(0, 1, 2), progress=True, compile="reduce-overhead"),
 }
 
 # Per-notebook overrides (only what differs from BASE).

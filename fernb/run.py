@@ -158,6 +158,14 @@ def build_cache(profile: str | None) -> int:
     return 0
 
 
+def _profile_compile(path: Path, profile: str) -> str:
+    """The profile's `compile` setting for this notebook, as `FERNB_COMPILE` (read by `engine.fit`'s default)."""
+    from .profiles import get
+
+    value = getattr(get(path.stem, profile), "compile", False)
+    return "off" if value in (False, None) else ("on" if value is True else str(value))
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:              # its own parser: `python -m fernb train --help`
@@ -201,8 +209,10 @@ def main(argv=None) -> int:
     kernel = ensure_kernel(args.kernel)
     os.environ["FERNB_HEADLESS"] = "1"  # profiles turn progress bars off: they are clutter in an executed notebook
     statuses = []
+    user_compile = os.environ.get("FERNB_COMPILE")
     for path in paths:
         print(f"running {path.stem} [{profile}] ...", flush=True)
+        os.environ["FERNB_COMPILE"] = user_compile if user_compile is not None else _profile_compile(path, profile)
         st = execute(path, profile, params, output_dir, kernel, args.progress)
         print(f"  {'ok' if st['ok'] else 'FAILED'} in {st['seconds']:.0f} s -> {st['output']}", flush=True)
         if not st["ok"]:
