@@ -19,10 +19,11 @@ import timm
 import torch
 from torch import nn
 
+from .dalnet import DALNet
 from .heads import AttentionWeight, ProjectionHead
 
 __all__ = ["create", "features_and_logits", "available", "load_checkpoint", "count_parameters",
-           "ProjectionHead", "AttentionWeight"]
+           "ProjectionHead", "AttentionWeight", "DALNet"]
 
 # name -> (timm architecture, extra kwargs). The *_mini variants are narrow/shallow versions for CPU profiles.
 _REGISTRY = {
@@ -33,6 +34,9 @@ _REGISTRY = {
     "vit_small": ("vit_small_patch16_224", {}),
     "vit_base": ("vit_base_patch16_224", {}),
     "vit_mini": ("vit_tiny_patch16_224", {"patch_size": 8, "embed_dim": 128, "depth": 4, "num_heads": 4}),
+    # DAL-Net (Xu et al., Table 1; fernb's own module, not timm): the paper's widths, and a quarter-width one for CPU
+    "dalnet": ("dalnet", {}),
+    "dalnet_mini": ("dalnet", {"width": 0.25}),
 }
 
 
@@ -51,7 +55,9 @@ def create(name: str, num_classes: int, in_chans: int = 3, checkpoint: str | Pat
         raise ValueError(f"unknown model {name!r}; available: {', '.join(available())}")
     arch, extra = _REGISTRY[name]
     extra = dict(extra)
-    if arch.startswith("resnet") and "layers" in extra:
+    if arch == "dalnet":  # img_size: the input side it is built for (Table 1: 144); see fernb.models.dalnet
+        model = DALNet(num_classes, in_chans, img_size=img_size or 144, drop_rate=drop_rate, **{**extra, **kwargs})
+    elif arch.startswith("resnet") and "layers" in extra:
         from timm.models.resnet import BasicBlock, ResNet
         model = ResNet(BasicBlock, layers=extra.pop("layers"), channels=extra.pop("channels"),
                        num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate, **kwargs)
