@@ -15,7 +15,8 @@ Rules, because workers are fresh processes (torch.multiprocessing, "spawn"):
 
 * `fn` and everything in the jobs must pickle: `fn` a module-level function (or a `functools.partial` of one)
   that the workers import by name, not a lambda or a function defined in a notebook cell. Model factories likewise
-  (`functools.partial(fernb.models.create, "resnet18", 7)`).
+  (`functools.partial(fernb.models.create, "resnet18", 7)`). A script that calls `run_many` with workers needs
+  Python's `if __name__ == "__main__":` guard (spawned workers import the script); a notebook does not.
 * Tensors travel through shared memory, not copies: a `FERDataset` in a job is sent as CPU tensors (moved off the
   GPU first) and each worker moves it to its device.
 * If `fn` takes a `device` argument and a job leaves it unset (or "auto"), the job gets its worker's device.
