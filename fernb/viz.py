@@ -189,3 +189,112 @@ def plot_al_curves(curves, title: str = "", metric: str = "accuracy", ax=None, h
     ax.legend(fontsize=7, ncol=2)
     ax.set_title(title)
     return fig or ax.figure
+
+
+# ---- SSFER (notebook 02): MAE patches and reconstructions, FaceMix pairs, attacked images ---------------------------
+def plot_patch_grid(image: torch.Tensor, patch_size: int, mask: torch.Tensor | None = None, ax=None, title: str = ""):
+    """One image (C, H, W) in [0, 1] with its p x p patch grid; patches where `mask` (L,) is 1 are greyed out."""
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(2.4, 2.4))
+    img = _as_hwc(image)
+    h, w = img.shape[:2]
+    gh, gw = h // patch_size, w // patch_size
+    if mask is not None:
+        shade = np.asarray(mask, dtype=float).reshape(gh, gw).repeat(patch_size, 0).repeat(patch_size, 1)
+        img = img.copy()
+        if img.ndim == 3:
+            shade = shade[..., None]
+        img = img * (1 - 0.85 * shade) + 0.5 * 0.85 * shade
+    ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
+    for k in range(1, gw):
+        ax.axvline(k * patch_size - 0.5, color="white", lw=0.6)
+    for k in range(1, gh):
+        ax.axhline(k * patch_size - 0.5, color="white", lw=0.6)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=8)
+    return fig or ax.figure
+
+
+def plot_mae_reconstructions(originals: torch.Tensor, results: dict, suptitle: str = ""):
+    """MAE at several mask ratios (SSFER Fig. 3): rows = images; per ratio, the masked input and the reconstruction.
+
+    originals: (N, C, H, W) in [0, 1]; results: {ratio: (masked (N, C, H, W), reconstruction (N, C, H, W),
+    per-image loss (N,))}, images in [0, 1]."""
+    n = len(originals)
+    cols = 1 + 2 * len(results)
+    fig, axes = plt.subplots(n, cols, figsize=(cols * 1.25, n * 1.35), squeeze=False)
+    for i in range(n):
+        axes[i, 0].imshow(_as_hwc(originals[i]), cmap="gray" if originals.shape[1] == 1 else None)
+        for k, (ratio, (masked, recon, loss)) in enumerate(results.items()):
+            axes[i, 1 + 2 * k].imshow(_as_hwc(masked[i]), cmap="gray" if masked.shape[1] == 1 else None)
+            axes[i, 2 + 2 * k].imshow(_as_hwc(recon[i]), cmap="gray" if recon.shape[1] == 1 else None)
+            axes[i, 2 + 2 * k].set_xlabel(f"loss {float(loss[i]):.2f}", fontsize=7)
+            if i == 0:
+                axes[i, 1 + 2 * k].set_title(f"masked {ratio:.0%}", fontsize=8)
+                axes[i, 2 + 2 * k].set_title("reconstruction", fontsize=8)
+    axes[0, 0].set_title("original", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(suptitle, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_facemix_pairs(x_i: torch.Tensor, x_j: torch.Tensor, boxes_i, boxes_j, lam: float, kappa, titles=None,
+                       suptitle: str = ""):
+    """FaceMix on pairs (SSFER Fig. 5-6): each row shows x_i and x_j with their face boxes, the Mixup image
+    lam x_i + (1 - lam) x_j with both boxes, and the pair's IoU and kappa = 1 - IoU (the weight of the real-image
+    losses in Eq. 10). Images (N, C, H, W) in [0, 1]."""
+    n = len(x_i)
+    fig, axes = plt.subplots(n, 3, figsize=(5.4, 1.9 * n), squeeze=False)
+    for r in range(n):
+        mixed = lam * x_i[r] + (1 - lam) * x_j[r]
+        for c, (img, boxes) in enumerate(((x_i[r], [(boxes_i[r], "lime")]), (x_j[r], [(boxes_j[r], "orange")]),
+                                          (mixed, [(boxes_i[r], "lime"), (boxes_j[r], "orange")]))):
+            ax = axes[r, c]
+            ax.imshow(_as_hwc(img), cmap="gray" if img.shape[0] == 1 else None)
+            for box, color in boxes:
+                x0, y0, x1, y1 = [float(v) for v in box]
+                ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec=color, lw=1.2))
+            ax.set_xticks([])
+            ax.set_yticks([])
+        k = float(kappa[r])
+        axes[r, 2].set_title(f"IoU {1 - k:.2f}, κ = {k:.2f}", fontsize=8)
+        axes[r, 0].set_title(titles[r] if titles is not None else "x_i", fontsize=8)
+        axes[r, 1].set_title("x_j", fontsize=8)
+    fig.suptitle(suptitle, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_attack_examples(images: torch.Tensor, cams: torch.Tensor, focused: torch.Tensor, attacked: dict,
+                         suptitle: str = ""):
+    """SSFER Fig. 8-9: per image, the Grad-CAM overlay, the focused region (cam > threshold; the rest black), and
+    the images attacked in that region at increasing eps ({eps: (N, C, H, W) in [0, 1]})."""
+    n = len(images)
+    cols = 3 + len(attacked)
+    fig, axes = plt.subplots(n, cols, figsize=(cols * 1.3, n * 1.4), squeeze=False)
+    for i in range(n):
+        img = _as_hwc(images[i])
+        gray = images.shape[1] == 1
+        axes[i, 0].imshow(img, cmap="gray" if gray else None)
+        axes[i, 1].imshow(img, cmap="gray" if gray else None)
+        axes[i, 1].imshow(cams[i].numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        keep = focused[i].numpy().astype(float)
+        axes[i, 2].imshow(img * (keep[..., None] if img.ndim == 3 else keep), cmap="gray" if gray else None)
+        for k, (eps, adv) in enumerate(attacked.items()):
+            axes[i, 3 + k].imshow(_as_hwc(adv[i]), cmap="gray" if gray else None)
+            if i == 0:
+                axes[i, 3 + k].set_title(f"ε = {eps:g}", fontsize=8)
+    if n:
+        for k, t in enumerate(("image", "Grad-CAM", "focused region")):
+            axes[0, k].set_title(t, fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(suptitle, fontsize=9)
+    fig.tight_layout()
+    return fig

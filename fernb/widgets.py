@@ -122,3 +122,39 @@ def relabel_explorer(images, probs, labels, alpha, clean_labels, classes, beta=0
     beta_s.observe(draw, names="value")
     draw()
     display(W.VBox([W.HBox([delta2, beta_s]), out]))
+
+
+def mask_ratio_explorer(mae, images: torch.Tensor, ratios=(0.25, 0.95), device=None):
+    """Live: the MAE's reconstruction of one face as the mask ratio r moves (SSFER Fig. 3), with a fresh random
+    mask per draw. `images` are normalized network inputs (N, C, H, W); the static twin is
+    `viz.plot_mae_reconstructions`."""
+    import ipywidgets as W
+    from IPython.display import display
+
+    from . import engine
+    from .data import augment as aug
+
+    device = engine.resolve_device(device)
+    mae = mae.to(device).eval()
+    ratio = W.FloatSlider(0.75, min=ratios[0], max=ratios[1], step=0.05, description="mask ratio r",
+                          continuous_update=False)
+    index = W.IntSlider(0, min=0, max=len(images) - 1, description="face", continuous_update=False)
+    seed = W.IntSlider(0, min=0, max=20, description="mask seed", continuous_update=False)
+    out = W.Image(format="png")
+
+    def draw(*_):
+        x = images[index.value: index.value + 1].to(device)
+        torch.manual_seed(seed.value)
+        masked, recon, loss = mae.reconstruct(x, ratio.value)
+        fig, axes = plt.subplots(1, 3, figsize=(6, 2.3))
+        for ax, img, title in zip(axes, (x, masked, recon), ("original", f"masked {ratio.value:.0%}",
+                                                            f"reconstruction (loss {float(loss):.2f})")):
+            ax.imshow(aug.from_input(img[0].float().cpu()).permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray")
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+        out.value = _png(fig)
+
+    for w in (ratio, index, seed):
+        w.observe(draw, names="value")
+    draw()
+    display(W.VBox([W.HBox([ratio, index, seed]), out]))

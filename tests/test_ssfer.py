@@ -269,3 +269,23 @@ def test_flops_and_params_of_vit_base():
     out = ssfer.flops_and_params(lambda: models.create("vit_base", 7), (1, 3, 224, 224))
     assert out["params"] == pytest.approx(85.8e6, rel=0.01)
     assert 15e9 < out["macs"] < 19e9                  # ViT-B/16 at 224: about 17.6 G multiply-adds
+
+
+def test_ssfer_figures_render(faces):
+    import matplotlib.pyplot as plt
+
+    from fernb import viz
+    mae = _mae().eval()
+    x = engine.batch_input(faces, torch.arange(3), torch.device("cpu"))
+    results = {}
+    for r in (0.5, 0.9):
+        masked, recon, _ = mae.reconstruct(x, r)
+        results[r] = (masked * 0.5 + 0.5, recon * 0.5 + 0.5, torch.ones(3))
+    figs = [viz.plot_patch_grid(faces.images[0].float() / 255, 8, mask=torch.rand(36) < 0.75),
+            viz.plot_mae_reconstructions(x * 0.5 + 0.5, results),
+            viz.plot_facemix_pairs(faces.images[:2].float() / 255, faces.images[2:4].float() / 255,
+                                   faces.boxes[:2], faces.boxes[2:4], 0.5, torch.tensor([0.1, 0.4])),
+            viz.plot_attack_examples(faces.images[:2].float() / 255, torch.rand(2, 48, 48),
+                                     torch.rand(2, 48, 48) > 0.5, {0.04: faces.images[:2].float() / 255})]
+    assert all(f is not None for f in figs)
+    plt.close("all")
