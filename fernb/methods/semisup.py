@@ -45,6 +45,10 @@ the accuracy of the accepted pseudo-labels and of all pseudo-labels against thos
 
 Randomness is keyed by (seed, epoch): a run killed after an epoch and resumed from its checkpoint ends with the same
 weights as one that never stopped (tested).
+
+Scope: one process on one device (CPU or a GPU, AMP by capability). The loop runs eagerly: the per-step views and
+the method's Python-level choices (thresholds, subsets) make a captured graph a poor fit, and the semi-supervised
+stage is short next to MAE pre-training, which runs through `engine.fit` (torch.compile, DDP under torchrun).
 """
 from __future__ import annotations
 
@@ -474,8 +478,9 @@ class SemiSupervisedTrainer:
             self.method.on_epoch_start(self, epoch)
             self.student.train()
             n_steps = min(self.steps_per_epoch, self.steps - epoch * self.steps_per_epoch)
-            lab = _cycled_batches(len(self.labeled), self.batch_size, n_steps)
-            unl = _cycled_batches(len(self.unlabeled), self.ubatch, n_steps)
+            # one host-to-device copy of the epoch's batch indices, none per step
+            lab = _cycled_batches(len(self.labeled), self.batch_size, n_steps).to(dev)
+            unl = _cycled_batches(len(self.unlabeled), self.ubatch, n_steps).to(dev)
             sums: dict[str, torch.Tensor] = {}
             step_loss = torch.zeros(n_steps, device=dev)
             step_mask = torch.full((n_steps,), float("nan"), device=dev)
@@ -483,7 +488,7 @@ class SemiSupervisedTrainer:
             bar = tqdm(range(n_steps), desc=f"{self.desc} {epoch + 1}/{self.epochs}", leave=False,
                        disable=not self.progress)
             for i in bar:
-                index_l, index_u = lab[i].to(dev), unl[i].to(dev)
+                index_l, index_u = lab[i], unl[i]
                 ctx = self.context(index_l, index_u, step=epoch * self.steps_per_epoch + i, epoch=epoch)
                 with engine.autocast(dev):
                     loss, stats = self.method.loss(ctx)

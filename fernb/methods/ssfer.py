@@ -136,9 +136,13 @@ def supervised_finetune(model: nn.Module, train: FERDataset, *, mix: str = "face
                         progress: bool = False) -> engine.History:
     """Stage (b): `steps` optimizer steps on the labeled rows of `train` with `mixing_loss(mix, ...)`."""
     loss_fn = mixing_loss(mix, alpha=alpha, boxes=boxes, kappa=kappa, variant=variant)
+    # A mixing step draws lambda, the partner permutation and (CutMix) a box on the host every step: data-dependent
+    # Python values that a captured graph would either bake in or recompile for, so mixing steps run eagerly; the
+    # plain cross-entropy step keeps the engine's default (torch.compile on CUDA).
+    compile_ = False if mix != "none" else None
     return engine.fit(model, train, val=val, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                       augment="weak", loss_fn=loss_fn, device=device, seed=seed, progress=progress,
-                      desc=f"supervised ({mix})")
+                      desc=f"supervised ({mix})", compile=compile_)
 
 
 # ---------------------------------------------------------------------------------------------------------------
