@@ -49,11 +49,17 @@ def _contrastive(use_labels: bool):
     return task
 
 
+def _mae(model, splits, args, device):
+    from .methods.ssfer import mae_train_task
+    return mae_train_task(model, splits, args, device)
+
+
 # name -> fn(model, splits, args, device) -> (History, extra metrics). Other pre-training jobs register here.
 TASKS = {
     "supervised": _supervised,          # cross-entropy on the labeled train split, evaluated on test
     "supcon": _contrastive(True),       # FUCLE Eq. 1: supervised contrastive pre-training of the backbone
     "simclr": _contrastive(False),      # NT-Xent, labels unused
+    "mae": _mae,                        # SSFER stage (a): MAE pre-training of a ViT (fernb.methods.ssfer)
 }
 
 

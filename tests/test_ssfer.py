@@ -289,3 +289,16 @@ def test_ssfer_figures_render(faces):
                                      torch.rand(2, 48, 48) > 0.5, {0.04: faces.images[:2].float() / 255})]
     assert all(f is not None for f in figs)
     plt.close("all")
+
+
+def test_mae_task_of_the_train_cli_writes_an_encoder_the_classifier_loads(tmp_path):
+    from fernb import train
+    out = tmp_path / "mae.pt"
+    rc = train.main(["--task", "mae", "--profile", "smoke", "--model", "vit_mini", "--image-size", "48",
+                     "--n-train", "48", "--n-val", "16", "--n-test", "16", "--epochs", "2", "--batch-size", "16",
+                     "--lr", "1e-3", "--device", "cpu", "--no-cache", "--out", str(out)])
+    assert rc == 0 and out.is_file()
+    state = torch.load(out, weights_only=True)
+    assert "head.weight" in state                        # the CLI saves the whole classifier module
+    clf = M.vit_classifier("vit_mini", 8, img_size=48, encoder_checkpoint=out)   # another class count: head dropped
+    assert torch.equal(clf.state_dict()["pos_embed"], state["pos_embed"])

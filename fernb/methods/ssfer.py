@@ -58,7 +58,7 @@ def pretrain_mae(model_name: str, pool: FERDataset, checkpoint: str | Path, *, i
                  steps: int | None = None, batch_size: int = 128, lr: float = 1.5e-3, weight_decay: float = 0.05,
                  mask_ratio: float = 0.75, decoder_dim: int | None = None, decoder_depth: int = 2,
                  augment="weak", device=None, seed: int = 0, progress: bool = False,
-                 run_checkpoint: str | Path | None = None) -> MAEResult:
+                 run_checkpoint: str | Path | None = None, vit_kwargs: dict | None = None) -> MAEResult:
     """Pre-train the encoder of `model_name` as an MAE on every row of `pool` (its labels are never read) and save
     the encoder's weights to `checkpoint` (`fernb.models.mae.load_encoder` / `vit_classifier` load them).
 
@@ -66,7 +66,7 @@ def pretrain_mae(model_name: str, pool: FERDataset, checkpoint: str | Path, *, i
     long run resumable (the paper profile). SSFER's recipe: 75 % masking, AdamW, a warm-up then cosine schedule
     (engine's one-cycle), weight decay 0.05 as in MAE."""
     torch.manual_seed(seed)
-    encoder = models.create(model_name, 0, in_chans=pool.channels, img_size=img_size)
+    encoder = models.create(model_name, 0, in_chans=pool.channels, img_size=img_size, **(vit_kwargs or {}))
     mae = mae_lib.MaskedAutoencoder(encoder, decoder_dim=decoder_dim, decoder_depth=decoder_depth,
                                     mask_ratio=mask_ratio)
     every_row = pool.with_labels(torch.zeros_like(pool.labels))     # the engine trains on rows with label >= 0
@@ -80,6 +80,25 @@ def pretrain_mae(model_name: str, pool: FERDataset, checkpoint: str | Path, *, i
                          checkpoint=run_checkpoint, progress=progress, desc="MAE")
     path = mae_lib.save_encoder(mae, checkpoint)
     return MAEResult(history, mae, path, time.perf_counter() - t0)
+
+
+def mae_train_task(model, splits, args, device):
+    """`python -m fernb train --task mae` (fernb.train): MAE pre-training of `model` (a timm ViT from
+    `models.create`) on the train split's images, labels unused, one GPU or DistributedDataParallel under torchrun
+    (`engine.fit`). The weights written to --out load into a classifier with `fernb.models.mae.load_encoder` (the
+    notebook's `mae_checkpoint` parameter). The paper profile's stage (a), ViT-Base at 224 px on 8 GPUs:
+
+        torchrun --nproc-per-node 8 -m fernb train --task mae --profile paper --model vit_base --image-size 224 \\
+            --dataset rafdb --data-root /data/RAF-DB --epochs 600 --batch-size 256 --lr 3.4e-4 \\
+            --checkpoint /shared/mae-state.pt --out /shared/mae-vit_base.pt
+    """
+    mae = mae_lib.MaskedAutoencoder(model, mask_ratio=0.75)
+    pool = splits.train.with_labels(torch.zeros_like(splits.train.labels))
+    history = engine.fit(mae, pool, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=0.05,
+                         augment=args.augment, loss_fn=lambda m, x, y, i: (m(x).loss, None), device=device,
+                         seed=args.seed, checkpoint=args.checkpoint, resume=not args.no_resume,
+                         progress=args.progress, compile=args.compile, desc="MAE")
+    return history, {"mae_loss": history.train_loss[-1] if history.train_loss else None}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -223,9 +242,13 @@ class SSFERExperiment:
     def __init__(self, train: FERDataset, test: FERDataset, pool: FERDataset, *, model_name: str, img_size: int,
                  checkpoint_dir: str | Path, boxes: torch.Tensor | None = None, mae: dict | None = None,
                  sup: dict | None = None, semi: dict | None = None, device=None, progress: bool = False,
-                 mae_runs: dict | None = None):
+                 mae_runs: dict | None = None, vit_kwargs: dict | None = None,
+                 encoder_checkpoint: str | Path | None = None):
         self.train, self.test, self.pool = train, test, pool
         self.model_name, self.img_size = model_name, img_size
+        self.vit_kwargs = dict(vit_kwargs or {})
+        # a pre-trained MAE encoder (e.g. from `python -m fernb train --task mae` under torchrun) replaces stage (a)
+        self.encoder_checkpoint = Path(encoder_checkpoint) if encoder_checkpoint else None
         self.checkpoint_dir = Path(checkpoint_dir)
         self.boxes = boxes
         self.mae_kw = dict(mae or {})
@@ -239,10 +262,12 @@ class SSFERExperiment:
 
     # ---- pieces -------------------------------------------------------------------------------------------------
     def mae_checkpoint(self, seed: int) -> Path:
+        if self.encoder_checkpoint is not None:
+            return self.encoder_checkpoint
         if seed not in self.mae_runs:
             self.mae_runs[seed] = pretrain_mae(self.model_name, self.pool, self.checkpoint_dir / f"mae-seed{seed}.pt",
                                                img_size=self.img_size, device=self.device, seed=seed,
-                                               progress=self.progress, **self.mae_kw)
+                                               progress=self.progress, vit_kwargs=self.vit_kwargs, **self.mae_kw)
         return self.mae_runs[seed].checkpoint
 
     def split(self, setting: Setting, seed: int) -> tuple[FERDataset, FERDataset]:
@@ -263,13 +288,13 @@ class SSFERExperiment:
         torch.manual_seed(seed)
         ckpt = self.mae_checkpoint(seed) if setting.init == "mae" else None
         return mae_lib.vit_classifier(self.model_name, self.train.num_classes, in_chans=self.train.channels,
-                                      img_size=self.img_size, encoder_checkpoint=ckpt)
+                                      img_size=self.img_size, encoder_checkpoint=ckpt, **self.vit_kwargs)
 
     def model(self, setting: Setting, seed: int) -> nn.Module:
         """The trained model of (setting, seed), rebuilt from its stored weights (run it first)."""
         result = self.run(setting, seed)
         net = mae_lib.vit_classifier(self.model_name, self.train.num_classes, in_chans=self.train.channels,
-                                     img_size=self.img_size)
+                                     img_size=self.img_size, **self.vit_kwargs)
         net.load_state_dict(result.state)
         return net.to(self.device).eval()
 
@@ -301,7 +326,7 @@ class SSFERExperiment:
             start = self.run(setting.supervised, seed)
             labeled, unlabeled = self.split(setting, seed)
             net = mae_lib.vit_classifier(self.model_name, self.train.num_classes, in_chans=self.train.channels,
-                                         img_size=self.img_size)
+                                         img_size=self.img_size, **self.vit_kwargs)
             net.load_state_dict(start.state)
             # the unlabeled rows keep their clean labels (annotators' on real data) for the audit only
             t0 = time.perf_counter()

@@ -198,13 +198,15 @@ def mae_for(encoder: VisionTransformer, **kwargs) -> MaskedAutoencoder:
 
 
 def vit_classifier(name: str, num_classes: int, *, in_chans: int = 3, img_size: int | None = None,
-                   encoder_checkpoint: str | Path | None = None, global_pool: str = "avg") -> VisionTransformer:
+                   encoder_checkpoint: str | Path | None = None, global_pool: str = "avg",
+                   **vit_kwargs) -> VisionTransformer:
     """The fine-tuning model: the same ViT with a linear head on the mean of the patch tokens (+ fc_norm), MAE's
     fine-tuning default (global_pool="token" uses the class token instead). `encoder_checkpoint` loads MAE weights
-    (`load_encoder`); without it the model starts from scratch."""
+    (`load_encoder`); without it the model starts from scratch. `vit_kwargs` go to timm (e.g. patch_size=8), and
+    must match the encoder's."""
     from . import create
 
-    model = create(name, num_classes, in_chans=in_chans, img_size=img_size, global_pool=global_pool)
+    model = create(name, num_classes, in_chans=in_chans, img_size=img_size, global_pool=global_pool, **vit_kwargs)
     if encoder_checkpoint is not None:
         load_encoder(model, encoder_checkpoint)
     return model
@@ -224,6 +226,11 @@ def load_encoder(model: VisionTransformer, path: str | Path) -> VisionTransforme
         raise FileNotFoundError(f"MAE checkpoint {path} does not exist (fernb never downloads weights; pre-train "
                                 "one with fernb.methods.ssfer.pretrain_mae)")
     state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    # a checkpoint written by `python -m fernb train --task mae` holds the (untrained) head of its classifier: the
+    # fine-tuning head is new, whatever its number of classes
+    state = {k: v for k, v in state.items() if not k.startswith("head.")}
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith(("head.", "fc_norm."))]
     unexpected = [k for k in result.unexpected_keys if not k.startswith("norm.")]
