@@ -138,12 +138,16 @@ def test_a_claim_cannot_be_recorded_without_evidence(tmp_path, monkeypatch):
         card.claim("A beats B", "90 vs 80", sc.paired([1, 2, 3], [0, 1, 2], [0, 1, 2]), note="holds within tolerance")
     card.claim("A beats B", "90 vs 80", sc.paired([0.6, 0.62, 0.61], [0.5, 0.52, 0.5], [0, 1, 2]), note="3 seeds")
     card.claim("same seed, same tensor", "identical", sc.exact(True, "identical", "torch.equal"))
+    card.metric("accuracy", np.float64(0.4567891))
+    card.metric("undefined", float("nan"))
     path = card.save()
     saved = json.loads(path.read_text())
     row = saved["claims"][0]
     assert row["verdict"] == "holds" and row["seeds"] == [0, 1, 2]
     assert set(row) >= {"interval", "rule", "n_test", "estimate", "a", "b"}
     assert saved["counts"] == {"holds": 2, "does not hold": 0, "inconclusive": 0}
+    assert saved["metrics"]["accuracy"] == pytest.approx(0.4568, abs=1e-4)
+    assert saved["metrics"]["undefined"] is None  # NaN is written as null: the file stays valid JSON
     frame = card.frame()
     assert list(frame.columns) == sc.COLUMNS
     assert frame.loc[0, "difference [95 % CI]"].startswith("+0.103 [")

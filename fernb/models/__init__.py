@@ -19,11 +19,12 @@ import timm
 import torch
 from torch import nn
 
+from .dalnet import DALNet
 from .arm import ARM, ARMNet
 from .heads import AttentionWeight, ProjectionHead
 
 __all__ = ["create", "features_and_logits", "available", "load_checkpoint", "count_parameters",
-           "ProjectionHead", "AttentionWeight", "ARM", "ARMNet"]
+           "ProjectionHead", "AttentionWeight", "DALNet", "ARM", "ARMNet"]
 
 # name -> (timm architecture, extra kwargs). The *_mini variants are narrow/shallow versions for CPU profiles.
 _REGISTRY = {
@@ -34,6 +35,9 @@ _REGISTRY = {
     "vit_small": ("vit_small_patch16_224", {}),
     "vit_base": ("vit_base_patch16_224", {}),
     "vit_mini": ("vit_tiny_patch16_224", {"patch_size": 8, "embed_dim": 128, "depth": 4, "num_heads": 4}),
+    # DAL-Net (Xu et al., Table 1; fernb's own module, not timm): the paper's widths, and a quarter-width one for CPU
+    "dalnet": ("dalnet", {}),
+    "dalnet_mini": ("dalnet", {"width": 0.25}),
     # ResNet + ARM in place of pooling (Shi et al. 2021; Hu et al.'s backbone; fernb.models.arm). pooling="avg" gives
     # the same trunk with plain pooling. The mini one keeps a 4 x 4 map at 64 px (output stride 16).
     "resnet18_arm": ("arm", {"trunk": "resnet18"}),
@@ -58,6 +62,8 @@ def create(name: str, num_classes: int, in_chans: int = 3, checkpoint: str | Pat
     extra = dict(extra)
     if arch == "arm":  # img_size: the input side the ARM is sized for (default 224 for resnet18_arm, 64 for mini)
         model = _arm_model(name, num_classes, in_chans, img_size, drop_rate, {**extra, **kwargs})
+    elif arch == "dalnet":  # img_size: the input side it is built for (Table 1: 144); see fernb.models.dalnet
+        model = DALNet(num_classes, in_chans, img_size=img_size or 144, drop_rate=drop_rate, **{**extra, **kwargs})
     elif arch.startswith("resnet") and "layers" in extra:
         from timm.models.resnet import BasicBlock, ResNet
         model = ResNet(BasicBlock, layers=extra.pop("layers"), channels=extra.pop("channels"),
