@@ -33,33 +33,85 @@ BASE = {
 
 # Per-notebook overrides (only what differs from BASE).
 NOTEBOOKS = {
+    # Notebook 05 (Ada-CM). steps = optimizer steps of every semi-supervised run (batch_size labeled + uratio x
+    # batch_size unlabeled each), steps_per_epoch = the unit of Ada-CM's margin update; seeds = the headline rows
+    # (Ada-CM, FixMatch, supervised, Ada-CM without L_c), secondary_seeds = the other rows (baselines, second label
+    # budget, variants, reverse cross-domain pairs); baselines / secondary_baselines = Table 1's other methods run
+    # at the first / the second label budget and on the reverse pairs; pretrain_* = the face-recognition backbone
+    # (SynthFER identities); threads = torch CPU threads per process (None: default); workers = processes for
+    # `fernb.parallel.run_many` (cpu: 2 one-thread processes fill the 2 cores; None: its default).
+    "05_adacm_semi_supervised": {
+        "smoke": dict(n_train=600, n_val=150, n_test=300, image_size=48, model="resnet_mini", batch_size=16,
+                      uratio=1, steps=10, steps_per_epoch=5, lr=3e-3, ema=0.9, seeds=(0,), secondary_seeds=(0,),
+                      baselines=("pseudo_label", "mixmatch", "remixmatch"),
+                      secondary_baselines=("pseudo_label", "mixmatch", "remixmatch"), pretrain_identities=50,
+                      pretrain_images=500, pretrain_steps=10, threads=1, workers=1),
+        "cpu": dict(n_train=3000, n_val=300, n_test=700, image_size=48, model="resnet_mini", batch_size=16,
+                    uratio=1, steps=140, steps_per_epoch=14, lr=3e-3, ema=0.99, seeds=(0, 1, 2),
+                    secondary_seeds=(0,), baselines=(), secondary_baselines=(), pretrain_identities=300,
+                    pretrain_images=6000, pretrain_steps=200, threads=1, workers=2),
+        "gpu": dict(n_train=6000, n_val=1000, n_test=2000, image_size=64, model="resnet18", batch_size=64,
+                    uratio=1, steps=1500, steps_per_epoch=100, lr=2e-3, ema=0.999, seeds=(0, 1, 2, 3, 4),
+                    secondary_seeds=(0, 1, 2), baselines=("pseudo_label", "mixmatch", "remixmatch"),
+                    secondary_baselines=("pseudo_label", "mixmatch", "remixmatch"), pretrain_identities=800,
+                    pretrain_images=8000, pretrain_steps=600, threads=None, workers=None),
+        "paper": dict(image_size=112, model="resnet18", batch_size=16, uratio=1, steps=16000, steps_per_epoch=800,
+                      lr=5e-4, ema=0.999, seeds=(0, 1, 2), secondary_seeds=(0, 1, 2),
+                      baselines=("pseudo_label", "mixmatch", "remixmatch"),
+                      secondary_baselines=("pseudo_label", "mixmatch", "remixmatch"), pretrain_identities=800,
+                      pretrain_images=8000, pretrain_steps=3000, threads=None, workers=None),
+    },
     "00_synthfer_tour": {
         "smoke": dict(epochs=4),
         "cpu": dict(epochs=12),
     },
+    # Notebook 03 (Hu et al.: ResNet + ARM, SCL against a labeled MoCo queue, CUEM). Each seed draws its own data
+    # subset, initialization, augmentation and noise; queue_size is capped at n_train by the trainer; alphas / betas
+    # are the Fig. 5 sweeps in the paper's units (epochs of 100, mapped onto `epochs`); noise_levels: the theta
+    # curves; noise_rate: SynthFER's injected noise (real data: 0, in the notebook); workers: parallel.run_many.
+    "03_scl_cuem_arm": {
+        "smoke": dict(n_train=500, n_val=150, n_test=400, image_size=48, model="resnet_mini_arm", model_kwargs={},
+                      epochs=2, batch_size=64, lr=1e-3, seeds=(0, 1), queue_size=256, noise_rate=0.2,
+                      alphas=(20, 30), betas=(1e-4, 1e-1), noise_levels=(0.0, 0.2), tsne_points=300, workers=1),
+        "cpu": dict(n_train=2000, n_val=400, n_test=1500, image_size=56, model="resnet_mini_arm", model_kwargs={},
+                    epochs=6, batch_size=64, lr=1e-3, seeds=(0, 1, 2), queue_size=2048, noise_rate=0.2,
+                    alphas=(20, 25, 30, 35), betas=(1e-5, 1e-4, 1e-2, 1e-1), noise_levels=(0.0, 0.1, 0.2, 0.3),
+                    tsne_points=600, workers=1),
+        "gpu": dict(n_train=10000, n_val=1000, n_test=3000, image_size=64, model="resnet18_arm",
+                    model_kwargs={"output_stride": 16}, epochs=12, batch_size=256, lr=1e-3, seeds=(0, 1, 2, 3, 4),
+                    queue_size=8192, noise_rate=0.2, alphas=(20, 25, 30, 35), betas=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
+                    noise_levels=(0.0, 0.1, 0.2, 0.3), tsne_points=1000, workers=None),
+        "paper": dict(image_size=224, model="resnet18_arm", model_kwargs={}, epochs=100, batch_size=256, lr=1e-3,
+                      seeds=(0, 1, 2), queue_size=8192, noise_rate=0.2, alphas=(20, 25, 30, 35),
+                      betas=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1), noise_levels=(0.0, 0.1, 0.2, 0.3), tsne_points=2000,
+                      workers=None),
+    },
+    # Notebook 01 (FUCLE). n_train is the AL pool; steps = optimizer steps of every AL fit (al_batch_size each);
+    # sweep_seeds = how many of the seeds the Fig. 3 / Fig. 4 sweeps re-run; scale_pool / scale_epochs = the
+    # larger pool of the scale figure. SynthFER's noise_rate is 0.3; real data defaults to 0 (in the notebook).
     "01_fucle_active_learning": {
-        "smoke": dict(n_train=1000, n_val=300, n_test=600, epochs=8, pretrain_epochs=4, drm_epochs=4, cycles=2,
-                      initial_fraction=0.1, budget_fraction=0.1, strategies=("random", "least_confidence"),
-                      sweep_values=(0.0, 0.15, 0.3), seeds=(0,), sensitivity=False, noise_rate=0.3,
-                      deepfool_candidates=300),
-        "cpu": dict(n_train=3000, n_val=500, n_test=1500, image_size=48, epochs=10, pretrain_epochs=12,
-                    drm_epochs=10, cycles=4, initial_fraction=0.05, budget_fraction=0.05,
-                    strategies=("random", "least_confidence", "margin", "entropy", "bald", "coreset", "badge",
-                                "glister", "deepfool"),
-                    sweep_values=(0.0, 0.1, 0.15, 0.2, 0.3), seeds=(0,), sensitivity=True, noise_rate=0.3,
-                    deepfool_candidates=1000),
-        "gpu": dict(n_train=12000, n_test=3000, epochs=15, pretrain_epochs=30, drm_epochs=20, cycles=7,
-                    initial_fraction=0.05, budget_fraction=0.05,
-                    strategies=("random", "least_confidence", "margin", "entropy", "bald", "coreset", "badge",
-                                "glister", "deepfool"),
-                    sweep_values=(0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35), seeds=(0, 1, 2),
-                    sensitivity=True, noise_rate=0.3, deepfool_candidates=None),
-        "paper": dict(epochs=40, pretrain_epochs=100, drm_epochs=40, cycles=7, initial_fraction=0.05,
-                      budget_fraction=0.05,
-                      strategies=("random", "least_confidence", "margin", "entropy", "bald", "coreset", "badge",
-                                  "glister", "deepfool"),
-                      sweep_values=(0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35), seeds=(0, 1, 2),
-                      sensitivity=True, noise_rate=0.0, deepfool_candidates=None),
+        "smoke": dict(n_train=800, n_val=200, n_test=600, n_seeds=2, pretrain_epochs=2, drm_epochs=3, cycles=2,
+                      initial_fraction=0.1, budget_fraction=0.1, steps=25, al_batch_size=32,
+                      strategies=("random", "least_confidence"), sweep_seeds=1, sweep_values=(0.0, 0.3),
+                      initial_fractions=(0.2,), cycle_counts=(1,), scale_pool=1500, scale_epochs=3,
+                      noise_rate=0.3, deepfool_candidates=300),
+        "cpu": dict(n_train=3000, n_val=500, n_test=5000, image_size=48, n_seeds=3, pretrain_epochs=8,
+                    drm_epochs=8, cycles=3, initial_fraction=0.05, budget_fraction=0.05, steps=100,
+                    al_batch_size=32, strategies=("random", "least_confidence"), sweep_seeds=1,
+                    sweep_values=(0.0, 0.15, 0.2, 0.35), initial_fractions=(0.1, 0.15), cycle_counts=(1, 5),
+                    scale_pool=12000, scale_epochs=6, noise_rate=0.3, deepfool_candidates=1000),
+        "gpu": dict(n_train=12000, n_val=2000, n_test=6000, n_seeds=5, pretrain_epochs=30, drm_epochs=20, cycles=7,
+                    initial_fraction=0.05, budget_fraction=0.05, steps=300, al_batch_size=64,
+                    strategies=("random", "least_confidence", "margin", "entropy", "bald", "coreset", "badge", "glister", "deepfool"), sweep_seeds=3,
+                    sweep_values=(0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35), initial_fractions=(0.1, 0.15),
+                    cycle_counts=(3, 5, 10), scale_pool=40000, scale_epochs=12, noise_rate=0.3,
+                    deepfool_candidates=None),
+        "paper": dict(n_seeds=3, pretrain_epochs=100, drm_epochs=40, cycles=7, initial_fraction=0.05,
+                      budget_fraction=0.05, steps=1000, al_batch_size=64,
+                      strategies=("random", "least_confidence", "margin", "entropy", "bald", "coreset", "badge", "glister", "deepfool"), sweep_seeds=3,
+                      sweep_values=(0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35), initial_fractions=(0.1, 0.15),
+                      cycle_counts=(3, 5, 10), scale_pool=None, scale_epochs=40, noise_rate=0.0,
+                      deepfool_candidates=None),
     },
 }
 

@@ -124,6 +124,60 @@ def relabel_explorer(images, probs, labels, alpha, clean_labels, classes, beta=0
     display(W.VBox([W.HBox([delta2, beta_s]), out]))
 
 
+def plot_worthiness_ranking(images, P, is_face=None, wrong_label=None, lambda1: float = 1.0, lambda2: float = 0.5,
+                            alpha: float = 0.25, n: int = 16, ncols: int = 8):
+    """Static: the `n` most worthy candidates of a pool under Eq. 9 with (lambda1, lambda2, alpha), ranked.
+
+    images (N, C, H, W) uint8, P (N, m, K) patch probabilities (`fernb.methods.incremental.patch_probs`).
+    Titles: rank, W, e, d; red = non-face, orange = a face whose web label is wrong, black = a correctly labeled
+    face. The suptitle counts those kinds among the top n and the top 10 %."""
+    from .methods.incremental import worthiness
+
+    w = worthiness(P, lambda1, lambda2, alpha)
+    order = torch.sort(w.W, descending=True, stable=True).indices
+    top = order[:n]
+    nrows = (n + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * 1.35, nrows * 1.75), squeeze=False)
+    kind = lambda i: ("non-face" if is_face is not None and not bool(is_face[i]) else
+                      "wrong label" if wrong_label is not None and bool(wrong_label[i]) else "ok")
+    colors = {"non-face": "red", "wrong label": "darkorange", "ok": "black"}
+    for r, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if r >= len(top):
+            continue
+        i = int(top[r])
+        img = images[i].float().div(255).permute(1, 2, 0).numpy()
+        ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray", vmin=0, vmax=1)
+        ax.set_title(f"#{r + 1} W={float(w.W[i]):.2f}\ne={float(w.entropy[i]):.2f} d={float(w.diversity[i]):.2f}",
+                     fontsize=6.5, color=colors[kind(i)])
+    tenth = order[: max(1, len(order) // 10)]
+    share = lambda rows, what: sum(kind(int(i)) == what for i in rows) / max(1, len(rows))
+    fig.suptitle(f"λ1={lambda1:g}, λ2={lambda2:g}, α={alpha:g}: top 10 % of the pool holds "
+                 f"{share(tenth, 'non-face'):.0%} non-faces (red), {share(tenth, 'wrong label'):.0%} wrong web "
+                 f"labels (orange)", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def worthiness_explorer(images, P, is_face=None, wrong_label=None, n: int = 16):
+    """Live: λ1, λ2 and α sliders re-rank the candidate pool by Eq. 9 (static twin: `plot_worthiness_ranking`)."""
+    import ipywidgets as W
+    from IPython.display import display
+
+    l1 = W.FloatSlider(1.0, min=0, max=2, step=0.1, description="λ1 (entropy)", continuous_update=False)
+    l2 = W.FloatSlider(0.5, min=0, max=2, step=0.1, description="λ2 (diversity)", continuous_update=False)
+    al = W.FloatSlider(0.25, min=0.12, max=1.0, step=0.11, description="α (patches)", continuous_update=False)
+    out = W.Image(format="png")
+
+    def draw(*_):
+        out.value = _png(plot_worthiness_ranking(images, P, is_face, wrong_label, l1.value, l2.value, al.value, n))
+
+    for s in (l1, l2, al):
+        s.observe(draw, names="value")
+    draw()
+    display(W.VBox([W.HBox([l1, l2, al]), out]))
+
+
 def mask_ratio_explorer(mae, images: torch.Tensor, ratios=(0.25, 0.95), device=None):
     """Live: the MAE's reconstruction of one face as the mask ratio r moves (SSFER Fig. 3), with a fresh random
     mask per draw. `images` are normalized network inputs (N, C, H, W); the static twin is
@@ -158,3 +212,119 @@ def mask_ratio_explorer(mae, images: torch.Tensor, ratios=(0.25, 0.95), device=N
         w.observe(draw, names="value")
     draw()
     display(W.VBox([W.HBox([ratio, index, seed]), out]))
+
+
+def plot_cuem_batch(images, similarity, labels, clean_labels, classes, theta: float = 0.1, ncols: int = 8,
+                    summary: str = ""):
+    """Static: which images of a batch CUEM relabels at `theta` (Hu et al., Fig. 3), sorted by u = S_max - S_label
+    (most uncertain first). Orange frame = relabeled; title: u, given -> new label; green / red = the new label is
+    right / wrong against the clean label."""
+    from .methods.cuem import cuem_relabel
+
+    new, changed, u = cuem_relabel(similarity.cpu(), labels.cpu(), theta)
+    n = len(images)
+    nrows = (n + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * 1.35, nrows * 1.7), squeeze=False)
+    short = [SHORT.get(c, c) for c in classes]
+    order = torch.argsort(torch.nan_to_num(u, nan=-1.0), descending=True)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k >= n:
+            continue
+        i = int(order[k])
+        img = images[i].float().div(255).permute(1, 2, 0).numpy()
+        ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray", interpolation="nearest")
+        title = f"u={float(u[i]):.2f}\n{short[int(labels[i])]}"
+        color = "black"
+        if changed[i]:
+            title += f"→{short[int(new[i])]}"
+            color = "green" if int(new[i]) == int(clean_labels[i]) else "red"
+            ax.axis("on")
+            for spine in ax.spines.values():
+                spine.set_edgecolor("orange")
+                spine.set_linewidth(3)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        ax.set_title(title, fontsize=7, color=color)
+    fig.suptitle(f"θ = {theta}: {int(changed.sum())} of {n} relabeled" + (f"; {summary}" if summary else ""),
+                 fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def cuem_theta_explorer(images, similarity, labels, clean_labels, classes, all_similarity=None, all_labels=None,
+                        all_clean=None):
+    """Live: a θ slider over CUEM's rule. Shows the batch's decisions and, when the whole training set's
+    similarities are given, the precision and recall of the rule at this θ on all of it."""
+    import ipywidgets as W
+    from IPython.display import display
+
+    from .methods.cuem import relabel_curve
+
+    theta = W.FloatSlider(0.1, min=0.0, max=0.5, step=0.01, description="θ", continuous_update=False)
+    out = W.Image(format="png")
+
+    def draw(*_):
+        summary = ""
+        if all_similarity is not None:
+            row = relabel_curve(all_similarity, all_labels, all_clean, [theta.value]).iloc[0]
+            summary = (f"whole training set: {int(row['relabeled'])} relabeled, precision {row['precision']:.2f}, "
+                       f"recall {row['recall']:.2f}, noise {row['noise_before']:.2f} → {row['noise_after']:.2f}")
+        out.value = _png(plot_cuem_batch(images, similarity, labels, clean_labels, classes, theta=theta.value,
+                                         summary=summary))
+
+    theta.observe(draw, names="value")
+    draw()
+    display(W.VBox([theta, out]))
+
+
+def plot_margin_schedules(T: float = 0.95, B: float = 0.97, gamma: float = 2.718281828459045, epochs: int = 20,
+                          floor: float | None = 0.8, reference: float = 0.95, ax=None):
+    """Static: Ada-CM's margin T_c^t against the epoch t for a class with T_c = `T`: Eq. 2 with (B, gamma), the
+    report's Eq. 6-8 (same B), and each with the authors' code floor (dotted) when `floor` is set; FixMatch's fixed
+    threshold for reference."""
+    from .methods.adacm import margin_schedule
+
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    ts = list(range(1, epochs + 1))
+    for name, label in (("eq2", f"Eq. 2 (B={B:.2f}, γ={gamma:.2f})"), ("eq6", "Eq. 6"), ("eq7", "Eq. 7"),
+                        ("eq8", "Eq. 8")):
+        ys = [margin_schedule(T, t, name, B=B, gamma=gamma) for t in ts]
+        line, = ax.plot(ts, ys, marker="o", ms=2.5, label=label)
+        if floor is not None:
+            ax.plot(ts, [max(floor, y) for y in ys], ls=":", lw=2.2, color=line.get_color())
+    ax.axhline(reference, color="k", ls="--", lw=0.9, label=f"FixMatch {reference}")
+    if floor is not None:
+        ax.axhline(floor, color="gray", lw=0.6)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("epoch t (completed)")
+    ax.set_ylabel("margin $T_c^t$")
+    ax.set_title(f"margin schedules for $T_c$ = {T:.2f}" + (f"; dotted: with the code's floor {floor}"
+                                                              if floor is not None else ""), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    return fig or ax.figure
+
+
+def margin_schedule_explorer(T: float = 0.95, epochs: int = 20):
+    """Live: B, gamma, T_c and the floor as sliders over `plot_margin_schedules`."""
+    import ipywidgets as W
+    from IPython.display import display
+
+    B = W.FloatSlider(0.97, min=0.5, max=1.2, step=0.01, description="B", continuous_update=False)
+    gamma = W.FloatSlider(2.718, min=1.05, max=5.0, step=0.05, description="γ", continuous_update=False)
+    Tc = W.FloatSlider(T, min=0.1, max=1.0, step=0.01, description="T_c", continuous_update=False)
+    floor = W.FloatSlider(0.8, min=0.0, max=0.95, step=0.05, description="floor", continuous_update=False)
+    out = W.Image(format="png")
+
+    def draw(*_):
+        fig, ax = plt.subplots(figsize=(6.5, 3.6))
+        plot_margin_schedules(Tc.value, B.value, gamma.value, epochs, floor.value or None, ax=ax)
+        out.value = _png(fig)
+
+    for w in (B, gamma, Tc, floor):
+        w.observe(draw, names="value")
+    draw()
+    display(W.VBox([W.HBox([B, gamma]), W.HBox([Tc, floor]), out]))
