@@ -89,29 +89,30 @@ NOTEBOOKS = {
     # Notebook 01 (FUCLE). n_train is the AL pool; steps = optimizer steps of every AL fit (al_batch_size each);
     # sweep_seeds = how many of the seeds the Fig. 3 / Fig. 4 sweeps re-run; scale_pool / scale_epochs = the
     # larger pool of the scale figure. SynthFER's noise_rate is 0.3; real data defaults to 0 (in the notebook).
+    # sigma = the threshold of the "FUCLE + sigma data addition" arm (Sec. 3.1), None = no such arm (cpu budget).
     "01_fucle_active_learning": {
         "smoke": dict(n_train=800, n_val=200, n_test=600, n_seeds=2, pretrain_epochs=2, drm_epochs=3, cycles=2,
                       initial_fraction=0.1, budget_fraction=0.1, steps=25, al_batch_size=32,
                       strategies=("random", "least_confidence"), sweep_seeds=1, sweep_values=(0.0, 0.3),
                       initial_fractions=(0.2,), cycle_counts=(1,), scale_pool=1500, scale_epochs=3,
-                      noise_rate=0.3, deepfool_candidates=300),
-        "cpu": dict(n_train=3000, n_val=500, n_test=5000, image_size=48, n_seeds=3, pretrain_epochs=8,
-                    drm_epochs=8, cycles=3, initial_fraction=0.05, budget_fraction=0.05, steps=100,
+                      noise_rate=0.3, deepfool_candidates=300, sigma=None),
+        "cpu": dict(n_train=3000, n_val=500, n_test=3000, image_size=48, n_seeds=3, pretrain_epochs=5,
+                    drm_epochs=6, cycles=3, initial_fraction=0.05, budget_fraction=0.05, steps=80,
                     al_batch_size=32, strategies=("random", "least_confidence"), sweep_seeds=1,
-                    sweep_values=(0.0, 0.15, 0.2, 0.35), initial_fractions=(0.1, 0.15), cycle_counts=(1, 5),
-                    scale_pool=12000, scale_epochs=6, noise_rate=0.3, deepfool_candidates=1000),
+                    sweep_values=(0.0, 0.2, 0.35), initial_fractions=(0.15,), cycle_counts=(1,),
+                    scale_pool=10000, scale_epochs=5, noise_rate=0.3, deepfool_candidates=1000, sigma=None),
         "gpu": dict(n_train=12000, n_val=2000, n_test=6000, n_seeds=5, pretrain_epochs=30, drm_epochs=20, cycles=7,
                     initial_fraction=0.05, budget_fraction=0.05, steps=300, al_batch_size=64,
                     strategies=("random", "least_confidence", "margin", "entropy", "bald", "coreset", "badge", "glister", "deepfool"), sweep_seeds=3,
                     sweep_values=(0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35), initial_fractions=(0.1, 0.15),
                     cycle_counts=(3, 5, 10), scale_pool=40000, scale_epochs=12, noise_rate=0.3,
-                    deepfool_candidates=None),
+                    deepfool_candidates=None, sigma=0.95),
         "paper": dict(n_seeds=3, pretrain_epochs=100, drm_epochs=40, cycles=7, initial_fraction=0.05,
                       budget_fraction=0.05, steps=1000, al_batch_size=64,
                       strategies=("random", "least_confidence", "margin", "entropy", "bald", "coreset", "badge", "glister", "deepfool"), sweep_seeds=3,
                       sweep_values=(0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35), initial_fractions=(0.1, 0.15),
                       cycle_counts=(3, 5, 10), scale_pool=None, scale_epochs=40, noise_rate=0.0,
-                      deepfool_candidates=None),
+                      deepfool_candidates=None, sigma=0.95),
     },
 }
 
