@@ -94,3 +94,27 @@ def test_pretrain_face_recognition_holds_out_images_of_every_identity():
     res = T.pretrain_face_recognition(data, model_name="dalnet_mini", steps=2, batch_size=16, device="cpu")
     assert res.num_identities == 6 and res.n_train == 54 and 0 <= res.identity_accuracy <= 1
     assert res.state["ip2.weight"].shape[0] == 6
+
+
+def _fake_run(mode, k, seed, val, test, loss="softmax_mse"):
+    import numpy as np
+    res = lambda v, t: T.StageResult(v, t, t, np.zeros((7, 7)), {}, 0.0)
+    stages = ({"stage1": res(val - 0.1, test - 0.1), "stage2": res(val, test)} if mode == "two-stage"
+              else {"final": res(val, test)})
+    return T.FinetuneRun(mode, k, seed, loss, "dal", stages)
+
+
+def test_runs_frame_choose_k_and_per_seed():
+    runs = [_fake_run("two-stage", k, s, val=0.5 + 0.01 * (k == 2) + 0.01 * (k == 3), test=0.4 + 0.01 * k + s)
+            for k in range(4) for s in (0, 1)]
+    runs += [_fake_run("scratch", None, s, 0.3, 0.2 + s) for s in (0, 1)]
+    frame = T.runs_frame(runs, arm="sweep")
+    assert len(frame) == 4 * 2 * 2 + 2 and set(frame["arm"]) == {"sweep"}
+    assert set(frame["stage"]) == {"stage1", "stage2", "final"}
+    assert T.choose_k(frame) == 2                       # tie between k = 2 and 3 on val: the smaller k
+    assert T.per_seed(frame, (1, 0), mode="two-stage", k=3, stage="stage2") == pytest.approx([1.43, 0.43])
+    assert T.per_seed(frame, (0, 1), mode="scratch", k=None) == pytest.approx([0.2, 1.2])
+    with pytest.raises(ValueError, match="rows for seed"):
+        T.per_seed(frame, (0,), mode="two-stage", k=3)  # two stages match: ambiguous
+    with pytest.raises(ValueError, match="no two-stage rows"):
+        T.choose_k(frame[frame["mode"] == "scratch"])

@@ -36,7 +36,8 @@ from ..losses.softmax_mse import softmax_mse
 
 __all__ = ["LOSS_STEPS", "softmax_mse_step", "exact_mse_step", "loss_step", "freeze_bottom", "unfreeze",
            "frozen_parameter_names", "transfer_state", "pretrain_face_recognition", "PretrainResult",
-           "FinetuneConfig", "StageResult", "FinetuneRun", "run_finetune", "stratified_subset"]
+           "FinetuneConfig", "StageResult", "FinetuneRun", "run_finetune", "stratified_subset", "runs_frame",
+           "choose_k", "per_seed"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -272,3 +273,48 @@ def run_finetune(train: FERDataset, val: FERDataset | None, test: FERDataset, *,
     state = {k_: v.detach().cpu().clone() for k_, v in model.state_dict().items()} if keep_state else None
     return FinetuneRun(mode, k if mode == "two-stage" else None, seed, cfg.loss,
                        getattr(model, "activation", ""), stages, state)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------------------------
+def runs_frame(runs, **tags):
+    """One row per (run, stage): mode, k, seed, loss, activation, stage, val/test accuracy, test mean class
+    accuracy, seconds, plus constant `tags` columns. Two-stage runs give "stage1" and "stage2" rows, controls a
+    "final" row."""
+    import pandas as pd
+
+    rows = []
+    for run in runs:
+        for stage, res in run.stages.items():
+            rows.append({"mode": run.mode, "k": run.k, "seed": run.seed, "loss": run.loss,
+                         "activation": run.activation, "stage": stage, "val_accuracy": res.val_accuracy,
+                         "test_accuracy": res.test_accuracy, "test_mean_class_accuracy": res.test_mean_class_accuracy,
+                         "seconds": res.seconds, **tags})
+    return pd.DataFrame(rows)
+
+
+def choose_k(frame, stage: str = "stage2", metric: str = "val_accuracy") -> int:
+    """The k with the best mean `metric` over seeds among two-stage rows of `stage` (ties: the smaller k). The
+    notebook picks k on the validation split so the test comparison against the controls is not a maximum of six
+    noisy test numbers."""
+    f = frame[(frame["mode"] == "two-stage") & (frame["stage"] == stage)]
+    if f.empty:
+        raise ValueError(f"no two-stage rows for {stage}")
+    means = f.groupby("k")[metric].mean()
+    return int(means[means == means.max()].index.min())
+
+
+def per_seed(frame, seeds, **where) -> list[float]:
+    """Test accuracies of the rows matching `where` (column=value), one per seed in `seeds` order (for the
+    paired evidence of fernb.scorecard). Raises if a seed has no row or several."""
+    f = frame
+    for col, value in where.items():
+        f = f[f[col].isna()] if value is None else f[f[col] == value]
+    out = []
+    for s in seeds:
+        rows = f[f["seed"] == s]
+        if len(rows) != 1:
+            raise ValueError(f"{len(rows)} rows for seed {s} where {where}")
+        out.append(float(rows["test_accuracy"].iloc[0]))
+    return out
