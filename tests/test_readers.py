@@ -567,6 +567,62 @@ def test_affectnet_malformed_rows_name_file_and_line(tmp_path, transform, expect
         load_affectnet(root, size=48)
 
 
+def test_stray_quote_names_the_lines_it_swallows(tmp_path):
+    """A double quote that is never closed makes the csv module read the rest of the file as one field: the error
+    names the line the row starts on, the line it ends on, and the quote."""
+    root = tmp_path / "FER2013"
+    write_fer2013(root / "fer2013.csv", FER_ROWS)
+    _rewrite_line(root / "fer2013.csv", 3, lambda l: l.replace(",", ',"', 1))          # 3,"20 20 ...,Training
+    with pytest.raises(DatasetLayoutError, match=r"fer2013\.csv lines 3-6: malformed row with 2 field\(s\), "
+                                                 r"expected 3 .*; one row runs over several lines: a double quote"):
+        load_fer2013(root, split="all", size=48)
+    # a big file: the swallowed lines pass the csv module's field size limit (csv.Error)
+    write_fer2013(root / "fer2013.csv", [(0, pixels(10), "Training")] * 30)
+    _rewrite_line(root / "fer2013.csv", 4, lambda l: l.replace(",", ',"', 1))
+    with pytest.raises(DatasetLayoutError, match=r"fer2013\.csv lines 4-\d+: malformed csv \(field larger than "
+                                                 r"field limit .*\); one row runs over several lines"):
+        load_fer2013(root, split="all", size=48)
+
+
+def test_row_spanning_lines_with_the_right_field_count_is_malformed(tmp_path):
+    root = make_affectnet(tmp_path / "AffectNet", train_codes=(1, 0, 2))
+    csv_path = root / "Manually_Annotated_file_lists" / "training.csv"
+    _rewrite_line(csv_path, 2, lambda l: l.replace("1.0;2.0;3.0;4.0", '"1.0;2.0', 1))
+    _rewrite_line(csv_path, 3, lambda l: l.replace("1.0;2.0;3.0;4.0", '3.0"', 1))
+    with pytest.raises(DatasetLayoutError, match=r"training\.csv lines 2-3: malformed row; one row runs over"):
+        load_affectnet(root, size=48)
+
+
+@pytest.mark.parametrize("which,line,transform,error,expect", [
+    ("fer2013.csv", 3, lambda l: l.replace("Training", "Validation"), DatasetLayoutError,
+     r"fer2013\.csv row at line 3: Usage 'Validation' is not one of Training, PublicTest, PrivateTest"),
+    ("fer2013new.csv", 3, lambda l: l.replace("Training", "PublicTest"), DatasetLayoutError,
+     r"fer2013new\.csv line 3 has Usage 'PublicTest' but .*fer2013\.csv line 3 has 'Training'"),
+    ("fer2013new.csv", 4, lambda l: l.replace(",6,", ",six,"), DatasetLayoutError,
+     r"fer2013new\.csv line 4: vote counts must be numbers"),
+    ("fer2013new.csv", 4, lambda l: l.replace(",6,", ",-6,"), DatasetLayoutError,
+     r"fer2013new\.csv line 4: vote counts must be finite and >= 0"),
+    ("fer2013.csv", 7, lambda l: l.replace(" 60", " 600", 1), CorruptImageError,
+     r"fer2013\.csv row at line 7: pixel values must lie in 0\.\.255"),
+])
+def test_every_other_bad_ferplus_row_names_file_and_line(tmp_path, which, line, transform, error, expect):
+    root = make_ferplus(tmp_path / "FERPlus")
+    _rewrite_line(root / which, line, transform)
+    with pytest.raises(error, match=expect):
+        load_ferplus(root, split="all", size=48)
+
+
+@pytest.mark.parametrize("line,expect", [
+    ("train_00002.jpg 1 extra", r"list_patition_label\.txt line 2: expected '<image name> <code>'"),
+    ("val_00002.jpg 1", r"list_patition_label\.txt line 2: image name 'val_00002.jpg' does not start with train_"),
+])
+def test_rafdb_malformed_label_line_names_file_and_line(tmp_path, line, expect):
+    root = make_rafdb(tmp_path / "RAF-DB")
+    _rewrite_line(root / "EmoLabel" / "list_patition_label.txt", 2, lambda l: line + "\n")
+    with pytest.raises(DatasetLayoutError, match=expect):
+        load_rafdb(root, size=48)
+
+
 # 4. SFEW as distributed: Train/Train_Aligned_Faces/<Class>/
 def make_sfew_distributed(root, top_level=False):
     """SFEW 2.0 as its archives unpack: Train/Train_Aligned_Faces/<Class>/, Val/Val_Aligned_Faces/<Class>/ (or,

@@ -333,15 +333,26 @@ class ReadPlan:
 
 
 # ---- text and csv files -------------------------------------------------------------------------------------------
+_SPANS_LINES = ("one row runs over several lines: a double quote (\") opens a field that no quote closes on its "
+                "line; no field of this file may hold a line break")
+
+
 def _read_csv(path: Path, required: Sequence[str], key: str, default_header: Sequence[str] | None = None):
     """-> (header, list of (line number, row dict)). The header must name `required`; a file whose first line is
     data of `default_header`'s width, with numbers in fields 1..4 (AffectNet's validation.csv ships without a
     header in some copies), is read with `default_header`. Every row must have the header's number of fields
-    (trailing empty fields aside): a short or long row raises DatasetLayoutError naming the file and line. Read
-    as UTF-8, or UTF-8/16/32 with a byte-order mark."""
+    (trailing empty fields aside) and sit on one line (no field of the FER2013, FERPlus or AffectNet files holds
+    a line break; a stray double quote makes a field swallow the lines after it): otherwise DatasetLayoutError
+    names the file and the line the row starts on (first and last line when it spans several). Read as UTF-8, or
+    UTF-8/16/32 with a byte-order mark."""
     f, encoding = open_text(path, newline="")
     reader = csv.reader(f)
     rows = []
+    start = 1
+
+    def where() -> str:
+        return f"line {start}" if reader.line_num <= start else f"lines {start}-{reader.line_num}"
+
     try:
         with f:
             first = next(reader, None) or []
@@ -349,7 +360,7 @@ def _read_csv(path: Path, required: Sequence[str], key: str, default_header: Seq
             if (default_header is not None and len(first) == len(default_header)
                     and all(_is_number(v) for v in first[1:5])):          # numbers where a header has names
                 header = list(default_header)
-                rows.append((reader.line_num, dict(zip(header, first))))
+                rows.append((1, dict(zip(header, first))))
             else:
                 missing = [c for c in required if c not in header]
                 if missing:
@@ -357,22 +368,29 @@ def _read_csv(path: Path, required: Sequence[str], key: str, default_header: Seq
                                              f"{', '.join(missing)}; expected {','.join(required)!r}.\n"
                                              f"{_layout(key)}")
             width = len(header)
-            for row in reader:
+            while True:
+                start = reader.line_num + 1                # the line this row starts on
+                row = next(reader, None)
+                if row is None:
+                    break
                 if not row or not any(c.strip() for c in row):
                     continue
                 if len(row) > width and not any(c.strip() for c in row[width:]):
                     row = row[:width]
-                if len(row) != width:
+                spans = reader.line_num > start
+                if len(row) != width or spans:
                     got = ",".join(row)
+                    fields = f" with {len(row)} field(s), expected {width} ({','.join(header)})"
+                    problem = (fields if len(row) != width else "") + (f"; {_SPANS_LINES}" if spans else "")
                     raise DatasetLayoutError(
-                        f"{path} line {reader.line_num}: malformed row with {len(row)} field(s), expected {width} "
-                        f"({','.join(header)}); the row reads {got[:120]!r}{'...' if len(got) > 120 else ''}.\n"
-                        f"{_layout(key)}")
-                rows.append((reader.line_num, dict(zip(header, row))))
+                        f"{path} {where()}: malformed row{problem}; the row reads "
+                        f"{got[:120]!r}{'...' if len(got) > 120 else ''}.\n{_layout(key)}")
+                rows.append((start, dict(zip(header, row))))
     except UnicodeDecodeError as e:
         raise decode_error(path, encoding, e) from None
     except csv.Error as e:
-        raise DatasetLayoutError(f"{path} line {reader.line_num}: malformed csv ({e}).\n{_layout(key)}") from None
+        hint = f"; {_SPANS_LINES}" if reader.line_num > start else ""
+        raise DatasetLayoutError(f"{path} {where()}: malformed csv ({e}){hint}.\n{_layout(key)}") from None
     return header, rows
 
 
@@ -726,7 +744,7 @@ def load_affectnet(root=None, split="train", size=64, channels=3, num_classes=7,
           Manually_Annotated_file_lists/validation.csv   face_height,facial_landmarks,expression,valence,arousal"
           Manually_Annotated_Images/<subDirectory_filePath>   e.g. 689/737db24...jpg
 
-    split "train" reads training.csv (about 287,000 rows, 7-class usable about 280,000); "val" and "test" both
+    split "train" reads training.csv (roughly 290,000 images of the 8 expressions); "val" and "test" both
     read validation.csv (the official test set is not public, so papers report on the validation set); a file
     list without a header row is read with the standard columns. Codes 0 neutral, 1 happiness, 2 sadness,
     3 surprise, 4 fear, 5 disgust, 6 anger, 7 contempt (= canonical order). Codes 8 none, 9 uncertain,
