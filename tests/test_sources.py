@@ -202,3 +202,26 @@ def test_argument_checks(tmp_path):
     root = make_kdef_subjects(tmp_path / "KDEF", n_per_gender=2)
     with pytest.raises(ValueError, match="at least 5 subjects"):
         load_splits("kdef", root, size=48)
+
+
+def test_package_import_stays_light_and_exports_lazily():
+    """`fernb.data` imports `sources` (scikit-learn, and PIL through the readers) only when one of its names is
+    used: importing the package, its labels or SynthFER loads neither."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import fernb.data, fernb.data.labels, fernb.data.synthfer\n"
+            "heavy = [m for m in ('sklearn', 'PIL', 'fernb.data.sources', 'fernb.data.readers') if m in sys.modules]\n"
+            "assert not heavy, heavy\n"
+            "from fernb.data import load_splits, sources\n"
+            "assert load_splits is sources.load_splits and 'sklearn' in sys.modules\n"
+            "assert fernb.data.SPLIT_RULES is sources.SPLIT_RULES and fernb.data.DATASETS[0] == 'synthfer'\n"
+            "assert not hasattr(fernb.data, 'no_such_name')\n"
+            "ns = {}\n"
+            "exec('from fernb.data import *', ns)\n"
+            "assert {'load_splits', 'has_clean_labels', 'Splits', 'FERDataset'} <= set(ns)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
