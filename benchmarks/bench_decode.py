@@ -14,8 +14,7 @@
     reload of the finished cache (memory-mapped).
 (c) The cache cost per 1,000 images at 48 / 64 / 112 / 144 / 224 px, grey and RGB: the formula
     N * (C * H * W + 8) bytes (`fernb.data.decode.cache_bytes`) against the size of a real saved `FERDataset`
-    file and the measured tensor memory, and what AffectNet's training set (about 287,000 listed, 280,000 usable
-    in 7 classes) would take.
+    file and the measured tensor memory, and what 290,000 images (about AffectNet's training set) would take.
 The script never asserts; it prints tables (and the medians' min..max range over rounds).
 """
 from __future__ import annotations
@@ -45,7 +44,7 @@ SHAPES = {   # name: (width, height, face box or None, target size)
     "KDEF 562x762 -> 64": (562, 762, None, 64),
     "AffectNet 640x480, box 300 -> 112": (640, 480, (170, 90, 470, 390), 112),
 }
-AFFECTNET_TRAIN = 287_651          # rows of training.csv (the manually annotated part)
+AFFECTNET_TRAIN = 290_000          # about AffectNet's usable training images
 
 
 def make_folder(folder: Path, n: int, width: int, height: int) -> list:
@@ -154,7 +153,7 @@ def main():
                          "tensor memory MB": f"{memory / 1e6:.2f}",
                          "saved file MB": f"{path.stat().st_size / 1e6:.3f}",
                          "file - formula (bytes)": f"{path.stat().st_size - formula:,}",
-                         "AffectNet train (287,651) GB": f"{D.cache_bytes(AFFECTNET_TRAIN, size, channels) / 1e9:.1f}"})
+                         "290,000 images (~AffectNet train) GB": f"{D.cache_bytes(AFFECTNET_TRAIN, size, channels) / 1e9:.1f}"})
     print("(c) cache cost per 1,000 images (uint8 images + int64 labels)")
     print(table(rows, list(rows[0])))
     print()

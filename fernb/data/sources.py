@@ -21,7 +21,7 @@ How each dataset is split (`SPLIT_RULES`; the rule is stored in every returned d
 
 ``n_train`` / ``n_val`` / ``n_test`` then cap each split with a stratified, seeded subsample (None keeps it whole,
 as the paper profile does and the papers' numbers assume). Splitting and subsampling happen on the label files,
-*before* any image is decoded, so a cpu-profile run on AffectNet decodes 6,000 images, not 287,000.
+*before* any image is decoded, so a cpu-profile run on AffectNet decodes 9,000 images, not 290,000.
 """
 from __future__ import annotations
 
