@@ -19,9 +19,11 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 __all__ = ["available", "world_size", "rank", "local_rank", "is_main", "init", "shutdown", "barrier",
-           "all_reduce_sum", "launched_by_torchrun"]
+           "all_reduce_sum", "all_gather_with_grad", "GlobalBatchNorm1d",
+           "global_batchnorm", "launched_by_torchrun"]
 
 
 def available() -> bool:
@@ -86,3 +88,79 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if available() and world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums the incoming gradient over the ranks and hands each rank its own rows.
+
+    Not `torch.distributed.nn.functional.all_gather`: its gloo backward (all-to-all emulated with scatter into
+    `torch.empty_like(grad)` buffers) returns rows in the wrong order when the gradient reaching it is not contiguous,
+    which is what a loss that transposes the gathered tensor produces (SupCon's `features.transpose(0, 1)`): the
+    2-process SupCon run then trained on scrambled gradients and its loss rose. Here the gradient is made contiguous
+    and all-reduced, one collective that every backend has."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        tensor = tensor.contiguous()
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor)
+        ctx.rows = tensor.shape[0]
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = dist.get_rank() * ctx.rows
+        return grad[start:start + ctx.rows]
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's `tensor` (same shape on each) concatenated along dim 0 in rank order, differentiable: the gradient
+    of this rank's rows is the sum over ranks of the gradient each rank's loss sends them. When every rank computes
+    the same loss from the gathered tensor (a contrastive loss over the global batch), that sum is world_size times
+    the loss's own gradient, and DistributedDataParallel's average over ranks divides it back out, so the update is
+    the single-process one. The tensor itself when there is one process."""
+    if not (available() and world_size() > 1):
+        return tensor
+    return _GatherWithGrad.apply(tensor)
+
+
+class GlobalBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d whose training statistics are those of the global batch under data parallelism (SimCLR's "global
+    BN"): each rank normalizes its rows with the mean and variance of every rank's rows, gathered with their gradient.
+    Per-rank statistics would differ from one process's with the same global batch, and would let a contrastive
+    model tell same-rank rows apart. Works on every backend (gloo on the CPU too, where `nn.SyncBatchNorm` does not
+    run); in eval mode, or with one process, it is `nn.BatchNorm1d`. Same parameters, buffers and state-dict keys."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and available() and world_size() > 1) or x.ndim != 2:
+            return super().forward(x)
+        rows = all_gather_with_grad(x.float())
+        mean, var = rows.mean(0), rows.var(0, unbiased=False)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                n = rows.shape[0]
+                self.running_mean.lerp_(mean.detach(), momentum)
+                self.running_var.lerp_(var.detach() * n / max(n - 1, 1), momentum)
+        out = (x.float() - mean) * torch.rsqrt(var + self.eps)
+        if self.affine:
+            out = out * self.weight + self.bias
+        return out
+
+
+def global_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every `nn.BatchNorm1d` in `module` (in place; the module itself is returned, or its replacement when
+    it is one) by a `GlobalBatchNorm1d` holding the same parameter and buffer tensors (same device, same values)."""
+    if type(module) is nn.BatchNorm1d:
+        new = GlobalBatchNorm1d(module.num_features, module.eps, module.momentum, module.affine,
+                                module.track_running_stats)
+        for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+            setattr(new, name, getattr(module, name))
+        new.train(module.training)
+        return new
+    for name, child in module.named_children():
+        setattr(module, name, global_batchnorm(child))
+    return module

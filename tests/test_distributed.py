@@ -6,6 +6,9 @@ Two ranks with a global batch of 64 (32 rows each) against one process with batc
 * resnet_mini with augmentation (per-rank BatchNorm statistics and crops): the same number of samples per epoch,
   a final test accuracy within tolerance of the single process's, and resume after a kill equal to the
   uninterrupted DDP run, weight for weight (rank 0 writes the checkpoint, both ranks resume from it);
+* SupCon contrasts the global batch, not each rank's shard: with a BatchNorm-free ViT (the projection head's
+  BatchNorm uses global statistics) and deterministic views, the two ranks report the single process's loss at
+  every step, the first included, and per epoch;
 * `python -m fernb train --nproc 2` starts torchrun and trains under it.
 """
 from __future__ import annotations
@@ -24,6 +27,7 @@ from torch import nn
 
 from fernb import distributed, engine, models
 from fernb.data import synthfer as S
+from fernb.methods import pretrain
 from fernb.paths import REPO
 
 WORLD = 2
@@ -50,6 +54,58 @@ def _plain():
                          nn.Linear(8, 7))
 
 
+def _supcon_losses(data):
+    """(loss of every step, epoch-mean losses) of a 2-epoch SupCon pre-training through contrastive_pretrain."""
+    torch.manual_seed(0)
+    vit = models.create("vit_mini", 7, img_size=48)                 # LayerNorm only: no per-rank statistics
+    steps = []
+    original = pretrain.two_view_contrastive_step
+
+    def recorded(*args, **kwargs):
+        step = original(*args, **kwargs)
+
+        def wrapper(model, x, y, index):
+            loss, logits = step(model, x, y, index)
+            steps.append(float(loss.detach()))
+            return loss, logits
+        return wrapper
+
+    pretrain.two_view_contrastive_step = recorded
+    try:
+        result = pretrain.contrastive_pretrain(vit, data, epochs=2, batch_size=64, lr=1e-3, device="cpu",
+                                               view_augment=_mirror, progress=False, seed=1)
+    finally:
+        pretrain.two_view_contrastive_step = original
+    return steps, result.history.train_loss
+
+
+def _gather_errors(rank):
+    """Max |DDP - one process| of (a) the gradient through all_gather_with_grad under a loss that transposes the
+    gathered tensor (a non-contiguous gradient), (b) GlobalBatchNorm1d's output, input gradient and running stats."""
+    g = torch.Generator().manual_seed(3)
+    full, weight = torch.randn(8, 2, 5, generator=g), torch.randn(2, 8, 5, generator=g)
+    rows = slice(4 * rank, 4 * rank + 4)
+    mine = full[rows].clone().requires_grad_()
+    (distributed.all_gather_with_grad(mine).transpose(0, 1) * weight).sum().backward()
+    reference = full.clone().requires_grad_()
+    (reference.transpose(0, 1) * weight).sum().backward()
+    errors = [float((mine.grad / WORLD - reference.grad[rows]).abs().max())]
+
+    x, w = torch.randn(8, 6, generator=g), torch.randn(8, 6, generator=g)
+    one, glob = nn.BatchNorm1d(6), distributed.global_batchnorm(nn.BatchNorm1d(6))
+    xs, xg = x.clone().requires_grad_(), x[rows].clone().requires_grad_()
+    out_one, out_glob = one(xs), glob(xg)
+    (out_one * w).sum().backward()
+    (distributed.all_gather_with_grad(out_glob) * w).sum().backward()
+    errors += [float((out_glob - out_one[rows]).abs().max()), float((xg.grad / WORLD - xs.grad[rows]).abs().max()),
+               float((glob.running_var - one.running_var).abs().max()), float(type(glob) is nn.BatchNorm1d)]
+    return errors
+
+
+def _mirror(x):
+    return x.flip(-1)                                                # deterministic views: equal on every rank
+
+
 class Killed(RuntimeError):
     pass
 
@@ -66,6 +122,8 @@ def _rank_main(rank: int, init_file: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         train, test = _data()
+        gather_errors = _gather_errors(rank)
+        supcon = _supcon_losses(train.subset(torch.arange(256)))
         plain = _plain()
         plain_hist = engine.fit(plain, train, **PLAIN)
 
@@ -90,7 +148,8 @@ def _rank_main(rank: int, init_file: str, out: str) -> None:
                         "world_size": hist_a.world_size, "accuracy": accuracy, "same_resume": same_resume,
                         "resume_history": (hist_c.train_loss == hist_a.train_loss, hist_c.epoch),
                         "checksums": [float(g) for g in gathered],
-                        "checkpoint_epoch": killed_at}, out)
+                        "checkpoint_epoch": killed_at, "supcon": supcon,
+                        "gather_errors": gather_errors}, out)
     finally:
         dist.destroy_process_group()
 
@@ -134,6 +193,27 @@ def test_ddp_resume_after_a_kill_equals_the_uninterrupted_run(ddp_result):
     same_losses, epochs = ddp_result["resume_history"]
     assert same_losses and epochs == [1, 2, 3, 4, 5, 6]
     assert ddp_result["same_resume"]
+
+
+def test_gather_with_grad_and_global_batchnorm_match_one_process(ddp_result):
+    grad, bn_out, bn_grad, bn_running_var, still_plain = ddp_result["gather_errors"]
+    assert grad < 1e-6      # torch.distributed.nn.functional.all_gather on gloo returns this gradient scrambled
+    assert bn_out < 1e-5 and bn_grad < 1e-5 and bn_running_var < 1e-6
+    assert not still_plain
+
+
+def test_ddp_supcon_contrasts_the_global_batch(ddp_result):
+    train, _ = _data()
+    single_steps, single_epochs = _supcon_losses(train.subset(torch.arange(256)))
+    ddp_steps, ddp_epochs = ddp_result["supcon"]
+    assert len(ddp_steps) == len(single_steps) == 8
+    # per-rank shards of 32 would give a first loss near log(63) instead of log(127): about 0.7 lower; per-rank
+    # BatchNorm statistics in the projection head moved it by 0.02; a wrong gather gradient (torch's gloo
+    # all_gather backward) made the later steps' loss rise instead of fall
+    assert ddp_steps[0] == pytest.approx(single_steps[0], rel=1e-4)
+    assert ddp_steps == pytest.approx(single_steps, rel=1e-3)
+    assert ddp_epochs == pytest.approx(single_epochs, rel=1e-3)
+    assert single_epochs[1] < single_epochs[0]                       # training lowered the loss
 
 
 def test_python_m_fernb_train_nproc_2_runs_under_torchrun(tmp_path):
