@@ -259,3 +259,31 @@ def test_keys_are_gathered_across_two_gloo_processes(tmp_path):
     assert torch.equal(r0["labels"], r1["labels"]) and r0["relabeled"] == r1["relabeled"]
     assert r0["world"] == 2
     assert (r0["train_queue"]["labels"] >= 0).all()                 # 2 epochs x 4 steps x 8 keys fill 16 slots
+
+
+# ---- one experiment run, and the network rebuilt from its state ----------------------------------------------------
+def test_run_job_reports_the_audit_batch_accuracy_and_rebuilds_the_trained_net():
+    from fernb.methods.scl import query_embeddings, rebuild, run_job
+
+    data = _tiny()
+    out = run_job(train=data, test=data, model_name="resnet_mini_arm", img_size=48, seed=0, epochs=2,
+                  batch_size=16, queue_size=32, theta=0.0, cuem_start=0.25, progress=False, keep_state=True,
+                  similarity_on_train=True, embed_test=True, batch_eval=(1, 16))
+    n = len(data)
+    assert out["correct"].shape == (n,) and out["accuracy"] == pytest.approx(float(out["correct"].float().mean()))
+    assert out["noise_before"] == pytest.approx(float((data.labels != data.clean_labels).float().mean()))
+    assert out["noise_after"] == pytest.approx(float((out["labels"] != data.clean_labels).float().mean()))
+    assert out["relabeled"] == sum(out["history"]["relabeled"]) == int(out["relabel"]["relabeled"].sum())
+    assert 0 <= out["relabel_correct"] <= out["relabeled"]
+    assert out["similarity"].shape == (n, 3) and out["embeddings"].shape[0] == n
+    acc = out["batch_accuracy"]
+    assert acc[("running", 1)] == acc[("running", 16)]               # the running affinity: batch-independent
+    net = rebuild(out["state"], "resnet_mini_arm", 3, 3, 48)
+    assert len(net.queue) == 32 and not net.training
+    logits, _ = query_embeddings(net, data)
+    assert float((logits.argmax(1) == data.labels).float().mean()) == pytest.approx(out["accuracy"])
+    # a CE run has no key side, and rebuild restores it without one
+    base = run_job(train=data, test=data, model_name="resnet_mini_arm", img_size=48, seed=0, epochs=1,
+                   batch_size=16, use_scl=False, use_cuem=False, progress=False, keep_state=True)
+    assert base["relabeled"] == 0 and math.isnan(base["relabel_precision"])
+    assert not hasattr(rebuild(base["state"], "resnet_mini_arm", 3, 3, 48), "queue")

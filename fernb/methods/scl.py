@@ -59,7 +59,7 @@ from .cuem import class_similarity, cuem_relabel
 from .drm import RelabelLog
 
 __all__ = ["lambda_schedule", "paper_epoch", "scaled_momentum", "SCLNet", "SCLResult", "train_scl",
-           "query_embeddings", "evaluate_batch_size", "PAPER_EPOCHS"]
+           "query_embeddings", "evaluate_batch_size", "run_job", "rebuild", "PAPER_EPOCHS"]
 
 PAPER_EPOCHS = 100           # Sec. III-B: "trained for 100 epochs"
 _MOCO_LAG_SHARE = 1000 / 4800
@@ -363,3 +363,92 @@ def train_scl(model: nn.Module, train: FERDataset, val: FERDataset | None = None
     model.eval()
     return SCLResult(model=model, net=net, labels=labels.detach().cpu().clone(), initial_labels=initial_labels,
                      log=log, history=history)
+
+
+# ---- one experiment run (a row of Table II, a point of Fig. 5), for `fernb.parallel.run_many` ------------------------
+def run_job(*, train: FERDataset, test: FERDataset, val: FERDataset | None = None, model_name: str,
+            img_size: int, seed: int, model_kwargs: dict | None = None, keep_state: bool = False,
+            similarity_on_train: bool = False, embed_test: bool = False, batch_eval: tuple = (),
+            device=None, **train_kwargs) -> dict:
+    """Build `model_name` with seed `seed`, train it with `train_scl(**train_kwargs)` on `train` (already noisy, if
+    the experiment wants noise), evaluate on `test`; a module-level function with picklable arguments and result,
+    so `fernb.parallel.run_many` can run many of them side by side on a GPU.
+
+    Returns a dict: accuracy, mean_class_accuracy, correct (per test image, uint8), predictions, confusion,
+    history, relabel (the `RelabelLog.precision_recall` frame), relabeled / relabel_correct / relabel_precision
+    over the whole run, noise_before / noise_after (against `train.clean_labels`, NaN without them), seconds; and on
+    request: state (the SCLNet state_dict: model, projections, queue) and labels (`keep_state`), similarity (S_cos of
+    every training image against the final queue, eval mode, for the u histograms and the theta curves;
+    `similarity_on_train`), embeddings (the trunk's pooled features r of the test images, `embed_test`),
+    batch_accuracy {(affinity mode, batch size): accuracy} (`batch_eval`, ARM models only).
+    """
+    from .. import engine, models
+    from .cuem import queue_similarity
+
+    device = resolve_device(device)
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    model = models.create(model_name, train.num_classes, in_chans=train.channels, img_size=img_size,
+                          **(model_kwargs or {}))
+    result = train_scl(model, train, val, device=device, seed=seed, **train_kwargs)
+    metrics = engine.evaluate(model, test, device=device)
+    truth = test.labels.cpu()
+    out = {"accuracy": metrics["accuracy"], "mean_class_accuracy": metrics["mean_class_accuracy"],
+           "correct": (metrics["predictions"] == truth).to(torch.uint8), "predictions": metrics["predictions"],
+           "confusion": metrics["confusion"], "history": result.history, "relabel": result.relabel_stats()}
+    rec = result.log.tensors()
+    known = rec["clean"] >= 0
+    n_rel = int(rec["index"].numel())
+    n_ok = int((rec["new"][known] == rec["clean"][known]).sum())
+    out.update(relabeled=n_rel, relabel_correct=n_ok,
+               relabel_precision=n_ok / int(known.sum()) if int(known.sum()) else math.nan)
+    if train.clean_labels is not None:
+        clean = train.clean_labels.cpu()
+        out.update(noise_before=float((result.initial_labels != clean).float().mean()),
+                   noise_after=float((result.labels != clean).float().mean()))
+    else:
+        out.update(noise_before=math.nan, noise_after=math.nan)
+    if similarity_on_train and hasattr(result.net, "queue"):
+        _, z = query_embeddings(result.net, train, device=device)
+        out["similarity"] = queue_similarity(z.to(device), result.net.queue.keys, result.net.queue.labels,
+                                             train.num_classes)
+    if embed_test:
+        out["embeddings"] = _pooled_trunk_features(model, test, device)
+    if batch_eval and hasattr(model, "set_affinity_eval"):
+        accs = {}
+        for mode in ("running", "batch"):
+            model.set_affinity_eval(mode)
+            for bs in batch_eval:
+                accs[(mode, int(bs))] = evaluate_batch_size(model, test, int(bs), device=device)
+        model.set_affinity_eval("running")
+        out["batch_accuracy"] = accs
+    if keep_state:
+        out["state"] = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in result.net.state_dict().items()}
+        out["labels"] = result.labels
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+@torch.no_grad()
+def _pooled_trunk_features(model: nn.Module, data: FERDataset, device, batch_size: int = 256) -> torch.Tensor:
+    """The global-average-pooled trunk features r (what the contrastive branches read) of every row, on the CPU."""
+    model.to(device).eval()
+    feats = []
+    for index in torch.arange(len(data), device=data.device).split(batch_size):
+        x = batch_input(data, index, device)
+        with autocast(device):
+            feats.append(model.forward_features(x).float().mean(dim=(2, 3)))
+    return torch.cat(feats).cpu()
+
+
+def rebuild(state: dict, model_name: str, num_classes: int, in_chans: int, img_size: int,
+            model_kwargs: dict | None = None, queue_size: int | None = None, projection_dim: int = 128) -> SCLNet:
+    """The `SCLNet` (model, projections, queue) of a `run_job(keep_state=True)` result, in eval mode on the CPU."""
+    from .. import models
+
+    model = models.create(model_name, num_classes, in_chans=in_chans, img_size=img_size, **(model_kwargs or {}))
+    key_branch = any(k.startswith("queue.") for k in state)
+    size = queue_size or (int(state["queue.labels"].numel()) if key_branch else 1)
+    net = SCLNet(model, queue_size=size, projection_dim=projection_dim, key_branch=key_branch)
+    net.load_state_dict(state)
+    return net.eval()
