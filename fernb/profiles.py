@@ -61,6 +61,36 @@ NOTEBOOKS = {
                       secondary_baselines=("pseudo_label", "mixmatch", "remixmatch"), pretrain_identities=800,
                       pretrain_images=8000, pretrain_steps=3000, threads=None, workers=None),
     },
+    # Notebook 04 (Xu et al.: DAL-Net, Softmax-MSE, two-stage transfer, active incremental learning). Grey images
+    # (channels 1, as the paper); n_pool = the labeled pool each seed draws its n_train subset from; pretrain_* =
+    # the face-recognition source (SynthFER identities), one per head activation (activations = the single-
+    # activation controls of Table 9 besides DAL); stage1/stage2_steps at lr1/lr2 (controls: their sum at lr1);
+    # ks = Tables 3-4's frozen-layer sweep; n_web / b / rounds / ail_steps / selectors = Alg. 1 and its controls;
+    # no_annotation = the control that takes the web labels as given.
+    "04_dalnet_active_incremental": {
+        "smoke": dict(n_pool=600, n_train=300, n_val=150, n_test=300, image_size=48, model="dalnet_mini",
+                      batch_size=32, seeds=(0, 1), pretrain_identities=40, pretrain_images=400, pretrain_steps=15,
+                      pretrain_batch=64, pretrain_lr=2e-3, stage1_steps=12, stage2_steps=6, lr1=2e-3, lr2=2e-4,
+                      ks=(0, 2, 5), activations=("relu",), n_web=200, b=20, rounds=1, ail_steps=8,
+                      selectors=("worthiness", "random"), no_annotation=False),
+        "cpu": dict(n_pool=2000, n_train=1000, n_val=400, n_test=1000, image_size=48, model="dalnet_mini",
+                    batch_size=64, seeds=(0, 1, 2), pretrain_identities=300, pretrain_images=4000,
+                    pretrain_steps=300, pretrain_batch=128, pretrain_lr=2e-3, stage1_steps=150, stage2_steps=75,
+                    lr1=2e-3, lr2=2e-4, ks=(0, 1, 2, 3, 4, 5), activations=("relu",), n_web=800, b=100, rounds=2,
+                    ail_steps=80, selectors=("worthiness", "entropy", "diversity", "random"), no_annotation=False),
+        "gpu": dict(n_pool=8000, n_train=5000, n_val=1000, n_test=3000, image_size=64, model="dalnet",
+                    batch_size=256, seeds=(0, 1, 2, 3, 4), pretrain_identities=1000, pretrain_images=20000,
+                    pretrain_steps=1500, pretrain_batch=256, pretrain_lr=2e-3, stage1_steps=600, stage2_steps=300,
+                    lr1=2e-3, lr2=2e-4, ks=(0, 1, 2, 3, 4, 5), activations=("relu", "maxout"), n_web=4000, b=400,
+                    rounds=2, ail_steps=300, selectors=("worthiness", "entropy", "diversity", "random"),
+                    no_annotation=True),
+        "paper": dict(n_pool=None, n_train=None, n_val=None, n_test=None, image_size=144, model="dalnet",
+                      batch_size=128, seeds=(0, 1, 2), pretrain_identities=1000, pretrain_images=40000,
+                      pretrain_steps=20000, pretrain_batch=256, pretrain_lr=1e-3, stage1_steps=8000,
+                      stage2_steps=4000, lr1=1e-3, lr2=1e-4, ks=(0, 1, 2, 3, 4, 5), activations=("relu", "maxout"),
+                      n_web=20000, b=2000, rounds=2, ail_steps=2000,
+                      selectors=("worthiness", "entropy", "diversity", "random"), no_annotation=True),
+    },
     "00_synthfer_tour": {
         "smoke": dict(epochs=4),
         "cpu": dict(epochs=12),
