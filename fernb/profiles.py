@@ -98,23 +98,25 @@ NOTEBOOKS = {
     # Notebook 03 (Hu et al.: ResNet + ARM, SCL against a labeled MoCo queue, CUEM). Each seed draws its own data
     # subset, initialization, augmentation and noise; queue_size is capped at n_train by the trainer; alphas / betas
     # are the Fig. 5 sweeps in the paper's units (epochs of 100, mapped onto `epochs`); noise_levels: the theta
-    # curves; noise_rate: SynthFER's injected noise (real data: 0, in the notebook); workers: parallel.run_many.
+    # curves; noise_rate: SynthFER's injected noise (real data: 0, in the notebook); workers / threads: processes of
+    # parallel.run_many and torch threads in each (cpu: two one-thread processes fill 2 cores; None: its default).
     "03_scl_cuem_arm": {
         "smoke": dict(n_train=500, n_val=150, n_test=400, image_size=48, model="resnet_mini_arm", model_kwargs={},
                       epochs=2, batch_size=64, lr=1e-3, seeds=(0, 1), queue_size=256, noise_rate=0.2,
-                      alphas=(20, 30), betas=(1e-4, 1e-1), noise_levels=(0.0, 0.2), tsne_points=300, workers=1),
+                      alphas=(20, 30), betas=(1e-4, 1e-1), noise_levels=(0.0, 0.2), tsne_points=300, workers=1,
+                      threads=None),
         "cpu": dict(n_train=2000, n_val=400, n_test=1500, image_size=56, model="resnet_mini_arm", model_kwargs={},
                     epochs=6, batch_size=64, lr=1e-3, seeds=(0, 1, 2), queue_size=2048, noise_rate=0.2,
-                    alphas=(20, 25, 30, 35), betas=(1e-5, 1e-4, 1e-2, 1e-1), noise_levels=(0.0, 0.1, 0.2, 0.3),
-                    tsne_points=600, workers=1),
+                    alphas=(20, 30, 35), betas=(1e-5, 1e-4, 1e-1), noise_levels=(0.0, 0.1, 0.2, 0.3),
+                    tsne_points=600, workers=2, threads=1),
         "gpu": dict(n_train=10000, n_val=1000, n_test=3000, image_size=64, model="resnet18_arm",
                     model_kwargs={"output_stride": 16}, epochs=12, batch_size=256, lr=1e-3, seeds=(0, 1, 2, 3, 4),
                     queue_size=8192, noise_rate=0.2, alphas=(20, 25, 30, 35), betas=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
-                    noise_levels=(0.0, 0.1, 0.2, 0.3), tsne_points=1000, workers=None),
+                    noise_levels=(0.0, 0.1, 0.2, 0.3), tsne_points=1000, workers=None, threads=None),
         "paper": dict(image_size=224, model="resnet18_arm", model_kwargs={}, epochs=100, batch_size=256, lr=1e-3,
                       seeds=(0, 1, 2), queue_size=8192, noise_rate=0.2, alphas=(20, 25, 30, 35),
                       betas=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1), noise_levels=(0.0, 0.1, 0.2, 0.3), tsne_points=2000,
-                      workers=None),
+                      workers=None, threads=None),
     },
     # Notebook 01 (FUCLE). n_train is the AL pool; steps = optimizer steps of every AL fit (al_batch_size each);
     # sweep_seeds = how many of the seeds the Fig. 3 / Fig. 4 sweeps re-run; scale_pool / scale_epochs = the
