@@ -9,7 +9,10 @@ device per operation, "auto" resolving to it, CUDA "available" to fernb's code).
 * show that both old code paths fail under it (so the harness would have caught them),
 * run every public function of the audited modules that takes `device` with device="auto" on it, from models
   and heads left on the CPU, and check that they move everything they use and compute what the CPU computes,
-* keep the list honest: a new public function taking `device` in an audited module must be added here.
+* keep the list honest: a new public function taking `device` in an audited module must be added here;
+* audit the paper modules' entry points too (scl, ssfer, transfer, incremental, adacm, fucle, viz, widgets) with
+  tiny models and data, against the CPU; a device bug found there and not yet fixed by the module's owner is a
+  strict xfail naming the file and the fix (KNOWN_BUGS).
 """
 from __future__ import annotations
 
@@ -33,7 +36,8 @@ from fernb.devicecheck import DeviceMismatch, StandInTensor, stand_in_gpu
 from fernb.methods import active, drm as drm_mod, pretrain
 
 # Modules whose every public device-taking function must appear in CALLS (the coverage test enforces it). Other
-# fernb modules get a warning listing theirs, until someone adds them here.
+# fernb modules may have some of theirs in CALLS (partial audits); the rest are listed in a warning, until someone
+# adds them here.
 AUDITED = ("fernb.engine", "fernb.distributed", "fernb.parallel", "fernb.data.dataset", "fernb.methods.active",
            "fernb.methods.drm", "fernb.methods.pretrain", "fernb.methods.semisup")
 
@@ -290,6 +294,231 @@ def _device_of_job(x, device=None):
     return x, engine.resolve_device(device).type
 
 
+# ---- the methods of the paper notebooks (partial audits: each module's training entry points first) -------------
+def _scl_job(device, data, test_data):
+    from fernb.methods import scl
+    return scl.run_job(train=data, test=test_data, model_name="resnet_mini_arm", img_size=48, seed=1, epochs=1,
+                       batch_size=32, queue_size=64, progress=False, similarity_on_train=True, embed_test=True,
+                       batch_eval=(16,), keep_state=True, device=device)
+
+
+def check_scl(gpu, data, test_data, init):
+    """run_job -> train_scl (SCLNet with key encoder, queue, CUEM), query_embeddings, evaluate_batch_size."""
+    from fernb.methods import scl
+    got, ref = _scl_job("auto", data, test_data), _scl_job("cpu", data, test_data)
+    assert got["accuracy"] == ref["accuracy"] and got["history"]["loss"] == ref["history"]["loss"]
+    assert got["batch_accuracy"] == ref["batch_accuracy"] and same(got["similarity"], ref["similarity"])
+    assert same(got["embeddings"], ref["embeddings"])
+    torch.manual_seed(0)
+    model = models.create("resnet_mini_arm", 7, img_size=48)
+    net = scl.SCLNet(model, queue_size=16, projection_dim=32)
+    logits, z = scl.query_embeddings(net, test_data, batch_size=20, device="auto")
+    assert on_stand_in(net) and logits.device.type == "cpu"
+    assert scl.evaluate_batch_size(copy.deepcopy(model).cpu(), test_data, 8, device="auto") == \
+        scl.evaluate_batch_size(copy.deepcopy(model).cpu(), test_data, 8, device="cpu")
+
+
+def check_ssfer(gpu, data, test_data, init):
+    """pretrain_mae, reconstruction_losses, supervised_finetune (FaceMix), semi_supervised_finetune and fgsm, each
+    from models left on the CPU, against the CPU."""
+    import tempfile
+    from fernb.methods import ssfer
+    from fernb.models import mae as mae_lib
+    small = data.subset(torch.arange(32))
+    with tempfile.TemporaryDirectory() as tmp:
+        res = {d: ssfer.pretrain_mae("vit_mini", small, f"{tmp}/{d}.pt", img_size=48, steps=2, batch_size=16,
+                                     decoder_dim=32, decoder_depth=1, device=d, seed=1) for d in ("auto", "cpu")}
+    assert on_stand_in(res["auto"].mae) and res["auto"].history.train_loss == res["cpu"].history.train_loss
+    torch.manual_seed(0)
+    mae = mae_lib.MaskedAutoencoder(models.create("vit_mini", 0, img_size=48), decoder_dim=32, decoder_depth=1)
+    losses = {d: ssfer.reconstruction_losses(copy.deepcopy(mae), small, 0.75, batch_size=16, device=d)
+              for d in ("auto", "cpu")}
+    assert torch.allclose(losses["auto"], losses["cpu"], rtol=1e-5, atol=0), \
+        float((losses["auto"] - losses["cpu"]).abs().max())
+
+    hist = {}
+    for d in ("auto", "cpu"):
+        model = copy.deepcopy(init)
+        hist[d] = ssfer.supervised_finetune(model, small, mix="facemix", boxes=small.boxes, steps=2, batch_size=16,
+                                            device=d, seed=1, val=test_data.subset(torch.arange(16)))
+        assert d == "cpu" or on_stand_in(model)
+    assert hist["auto"].train_loss == hist["cpu"].train_loss and hist["auto"].val_acc == hist["cpu"].val_acc
+    labeled, unlabeled = small.subset(torch.arange(16)), small.subset(torch.arange(16, 32))
+    semi = {d: ssfer.semi_supervised_finetune(copy.deepcopy(init), labeled, unlabeled, steps=2, steps_per_epoch=1,
+                                              batch_size=8, uratio=1, device=d, seed=1) for d in ("auto", "cpu")}
+    assert on_stand_in(semi["auto"].student) and on_stand_in(semi["auto"].teacher)
+    assert semi["auto"].history.step_loss == semi["cpu"].history.step_loss
+
+    images, labels = test_data.images[:6], test_data.labels[:6]
+    region = torch.zeros(6, 48, 48, dtype=torch.bool)
+    region[:, 10:30, 10:30] = True
+    adv = {d: ssfer.fgsm(copy.deepcopy(init), images.float() / 255, labels, 0.05, region, device=d)
+           for d in ("auto", "cpu")}
+    assert same(adv["auto"], adv["cpu"])
+
+
+def _ssfer_experiment(device, data, test_data, tmp):
+    from fernb.methods import ssfer
+    train, pool = data.subset(torch.arange(32)), data.subset(torch.arange(32, 64))
+    exp = ssfer.SSFERExperiment(train, test_data.subset(torch.arange(16)), pool, model_name="vit_mini", img_size=48,
+                                checkpoint_dir=tmp, boxes=train.boxes, device=device,
+                                mae=dict(steps=2, batch_size=16, decoder_dim=32, decoder_depth=1),
+                                sup=dict(steps=2, batch_size=8), semi=dict(steps=2, steps_per_epoch=1, batch_size=8,
+                                                                             uratio=1))
+    setting = ssfer.Setting(init="mae", mix="facemix", semi="ema", labels=0.5)
+    return exp, exp.run(setting, seed=1), setting
+
+
+def check_ssfer_experiment(gpu, data, test_data, init):
+    """SSFERExperiment: stage (a) MAE, (b) FaceMix, (c) EMA teacher, memoized, on the device it was given; and
+    mae_train_task (`python -m fernb train --task mae`)."""
+    import tempfile
+    from types import SimpleNamespace
+    from fernb.methods import ssfer
+    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+        exp, got, setting = _ssfer_experiment("auto", data, test_data, a)
+        _, ref, _ = _ssfer_experiment("cpu", data, test_data, b)
+        assert got.accuracy == ref.accuracy and same(got.predictions, ref.predictions)
+        assert on_stand_in(exp.model(setting, 1))
+    args = SimpleNamespace(epochs=1, batch_size=16, lr=1e-3, augment="weak", seed=0, checkpoint=None,
+                           no_resume=False, progress=False, compile=None)
+    out = {}
+    for d in ("auto", "cpu"):
+        torch.manual_seed(0)
+        encoder = models.create("vit_mini", 0, img_size=48)
+        history, summary = ssfer.mae_train_task(encoder, SimpleNamespace(train=data.subset(torch.arange(16))), args,
+                                                d)
+        out[d] = history.train_loss
+        assert d == "cpu" or on_stand_in(encoder)
+    assert out["auto"] == pytest.approx(out["cpu"], rel=1e-5)     # attention may take another CPU kernel
+
+def check_ssfer_region_attack(gpu, data, test_data, init):
+    """region_attack_curve from a model left on the CPU, eps = 0 first (as its default eps_values)."""
+    from fernb.methods import ssfer
+    images, labels = test_data.images[:6], test_data.labels[:6]
+    region = torch.zeros(6, 48, 48, dtype=torch.bool)
+    region[:, 10:30, 10:30] = True
+    curve = {d: ssfer.region_attack_curve(copy.deepcopy(init), images, labels, {"face": region},
+                                          eps_values=(0.0, 0.05), device=d, batch_size=4) for d in ("auto", "cpu")}
+    assert curve["auto"]["face"] == curve["cpu"]["face"]
+
+
+def _face_ids(n=48, size=32, seed=0):
+    from fernb.data.dataset import FERDataset
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.arange(n) % 6
+    return FERDataset(images=torch.randint(0, 255, (n, 1, size, size), dtype=torch.uint8, generator=g),
+                      labels=ids, classes=tuple(f"id{i}" for i in range(6)), name="ids")
+
+
+def _web(n=40, size=32, seed=0):
+    from fernb.data.dataset import FERDataset
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.arange(n) % 7
+    is_face = torch.ones(n, dtype=torch.bool)
+    is_face[::5] = False
+    given = clean.clone()
+    given[1::4] = (given[1::4] + 1) % 7
+    clean = torch.where(is_face, clean, torch.full_like(clean, -1))
+    images = torch.randint(0, 255, (n, 1, size, size), dtype=torch.uint8, generator=g)
+    return FERDataset(images=images, labels=given, clean_labels=clean, is_face=is_face, name="web")
+
+
+def check_transfer_incremental(gpu, data, test_data, init):
+    """transfer.pretrain_face_recognition, run_finetune (two-stage); incremental.run_incremental, patch_probs."""
+    from fernb.methods import incremental, transfer
+    ids = _face_ids()
+    pre = {d: transfer.pretrain_face_recognition(ids, model_name="dalnet_mini", steps=2, batch_size=16, device=d)
+           for d in ("auto", "cpu")}
+    assert pre["auto"].identity_accuracy == pre["cpu"].identity_accuracy
+    assert all(same(pre["auto"].state[k], v) for k, v in pre["cpu"].state.items())
+    web = _web()
+    train = web.subset(torch.arange(20)).with_labels(torch.arange(20) % 7)
+    cfg = transfer.FinetuneConfig(model_name="dalnet_mini", stage1_steps=1, stage2_steps=1, batch_size=16)
+    runs = {d: transfer.run_finetune(train, train, train, cfg=cfg, pretrained=pre["cpu"].state, k=2, device=d,
+                                     keep_state=True) for d in ("auto", "cpu")}
+    assert runs["auto"].final.test_accuracy == runs["cpu"].final.test_accuracy
+    assert all(same(runs["auto"].state[k], v) for k, v in runs["cpu"].state.items())
+    start = runs["cpu"].state
+    inc = {d: incremental.run_incremental(start, train, web, train, cfg=cfg, rounds=1, b=6, steps=2, device=d)
+           for d in ("auto", "cpu")}
+    assert [s.tolist() for s in inc["auto"].selected] == [s.tolist() for s in inc["cpu"].selected]
+    torch.manual_seed(0)
+    model = models.create("dalnet_mini", 7, in_chans=1, img_size=32)
+    probs = {d: incremental.patch_probs(copy.deepcopy(model), web, torch.arange(5), device=d) for d in ("auto", "cpu")}
+    assert same(probs["auto"], probs["cpu"])
+
+
+def check_adacm(gpu, data, test_data, init):
+    from fernb.methods import adacm
+    pool, test = data.subset(torch.arange(40)), test_data.subset(torch.arange(16))
+    kw = dict(model="resnet_mini", steps=2, steps_per_epoch=1, batch_size=8, uratio=1, lr=1e-3, ema_momentum=0.9)
+    spec = adacm.Spec("Ada-CM", "adacm", dict(adacm.CODE_VARIANT))
+    got, ref = (adacm.run(spec, pool, 14, 3, {"default": test}, device=d, **kw) for d in ("auto", "cpu"))
+    assert got.history["step_loss"] == ref.history["step_loss"]
+    assert got.tests["default"]["accuracy"] == ref.tests["default"]["accuracy"]
+
+
+def _fucle_seed(device, pool, val, tmp):
+    from fernb.methods import fucle
+    return fucle.run_seed(pool, val=val, test=val, seed=1, model_name="resnet_mini", checkpoint_dir=tmp,
+                          pretrain_epochs=1, drm_epochs=1, batch_size=16, lr=1e-3, temperature=0.1, drm_kwargs={},
+                          arms={"FUCLE": fucle.Arm("drm", labels="drm")}, initial_fraction=0.25, budget=8, cycles=1,
+                          steps=2, al_batch_size=8, controls=False, device=device)
+
+
+def check_fucle(gpu, data, test_data, init):
+    """run_seed (step1: SupCon, DRM; one AL arm; the full-pool bound), then drm_sweep, al_sweep, final_model and
+    scale_run on its result, each against the CPU."""
+    import tempfile
+    from fernb.methods import fucle
+    pool, val = data.subset(torch.arange(48)), test_data.subset(torch.arange(16))
+    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+        got, ref = _fucle_seed("auto", pool, val, a), _fucle_seed("cpu", pool, val, b)
+        assert got.step1.pretrain_history.train_loss == ref.step1.pretrain_history.train_loss
+        assert got.step1.test_accuracy == ref.step1.test_accuracy and same(got.step1.drm.labels, ref.step1.drm.labels)
+        assert [(c["accuracy"], c["n_labeled"]) for c in got.al["FUCLE"].cycles] == \
+            [(c["accuracy"], c["n_labeled"]) for c in ref.al["FUCLE"].cycles]
+        assert same(got.al["FUCLE"].labeled_mask, ref.al["FUCLE"].labeled_mask)
+        assert got.full_pool_accuracy == ref.full_pool_accuracy
+        common = dict(val=val, test=val, model_name="resnet_mini")
+        sweeps = {d: fucle.drm_sweep(r, pool, param="delta1", values=[0.1], drm_epochs=1, batch_size=16, lr=1e-3,
+                                     drm_kwargs={}, device=d, **common) for d, r in (("auto", got), ("cpu", ref))}
+        assert sweeps["auto"].equals(sweeps["cpu"])
+        settings = [dict(initial_fraction=0.25, budget=8, cycles=1)]
+        als = {d: fucle.al_sweep(r, pool, settings=settings, steps=2, al_batch_size=8, lr=1e-3, device=d, **common)
+               for d, r in (("auto", got), ("cpu", ref))}
+        assert als["auto"].equals(als["cpu"])
+    fit_kwargs = dict(steps=2, batch_size=8, lr=1e-3, augment="weak")
+    finals = {d: fucle.final_model(r.al["FUCLE"], pool, lambda: copy.deepcopy(init), fit_kwargs, device=d)
+              for d, r in (("auto", got), ("cpu", ref))}
+    assert on_stand_in(finals["auto"])
+    assert all(same(x, y) for x, y in zip(finals["auto"].state_dict().values(), finals["cpu"].state_dict().values()))
+    scale = {d: fucle.scale_run(pool, val=val, model_name="resnet_mini", epochs=2, batch_size=16, lr=1e-3,
+                                drm_kwargs={}, seed=1, device=d) for d in ("auto", "cpu")}
+    assert scale["auto"].equals(scale["cpu"])
+
+
+def check_viz_widgets(gpu, data, test_data, init):
+    from fernb import viz, widgets
+    from fernb.models import mae as mae_lib
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    maps = {d: viz.padding_erosion_maps(copy.deepcopy(init), 48, reference_size=96, device=d) for d in ("auto", "cpu")}
+    assert all(same(maps["auto"][k], v) for k, v in maps["cpu"].items())
+    torch.manual_seed(0)
+    arm = models.create("resnet_mini_arm", 7, img_size=48)
+    fig = viz.plot_arm_stages(arm, data.images[0], device="auto")
+    assert on_stand_in(arm)
+    plt.close(fig)
+    torch.manual_seed(0)
+    mae = mae_lib.MaskedAutoencoder(models.create("vit_mini", 0, img_size=48), decoder_dim=32, decoder_depth=1)
+    widgets.mask_ratio_explorer(mae, engine.batch_input(data, torch.arange(3), "cpu"), device="auto")
+    assert on_stand_in(mae)
+    plt.close("all")
+
+
 CALLS = {
     "fernb.engine.resolve_device": check_small_engine_helpers,
     "fernb.engine.amp_dtype": check_small_engine_helpers,
@@ -316,10 +545,51 @@ CALLS = {
     "fernb.distributed.init": check_distributed_init,
     "fernb.parallel.run_many": check_run_many,
     "fernb.parallel.default_workers": check_run_many,
+    # partial audits of modules not (yet) in AUDITED: their training entry points and the helpers the notebooks call
+    "fernb.methods.scl.run_job": check_scl,
+    "fernb.methods.scl.train_scl": check_scl,
+    "fernb.methods.scl.query_embeddings": check_scl,
+    "fernb.methods.scl.evaluate_batch_size": check_scl,
+    "fernb.methods.ssfer.pretrain_mae": check_ssfer,
+    "fernb.methods.ssfer.reconstruction_losses": check_ssfer,
+    "fernb.methods.ssfer.supervised_finetune": check_ssfer,
+    "fernb.methods.ssfer.semi_supervised_finetune": check_ssfer,
+    "fernb.methods.ssfer.fgsm": check_ssfer,
+    "fernb.methods.ssfer.region_attack_curve": check_ssfer_region_attack,
+    "fernb.methods.ssfer.SSFERExperiment.__init__": check_ssfer_experiment,
+    "fernb.methods.ssfer.mae_train_task": check_ssfer_experiment,
+    "fernb.methods.transfer.pretrain_face_recognition": check_transfer_incremental,
+    "fernb.methods.transfer.run_finetune": check_transfer_incremental,
+    "fernb.methods.incremental.run_incremental": check_transfer_incremental,
+    "fernb.methods.incremental.patch_probs": check_transfer_incremental,
+    "fernb.methods.adacm.run": check_adacm,
+    "fernb.methods.fucle.step1": check_fucle,
+    "fernb.methods.fucle.run_seed": check_fucle,
+    "fernb.methods.fucle.drm_sweep": check_fucle,
+    "fernb.methods.fucle.al_sweep": check_fucle,
+    "fernb.methods.fucle.final_model": check_fucle,
+    "fernb.methods.fucle.scale_run": check_fucle,
+    "fernb.viz.padding_erosion_maps": check_viz_widgets,
+    "fernb.viz.plot_arm_stages": check_viz_widgets,
+    "fernb.widgets.mask_ratio_explorer": check_viz_widgets,
 }
 
 
-@pytest.mark.parametrize("check", sorted(set(CALLS.values()), key=lambda f: f.__name__), ids=lambda f: f.__name__)
+# Device bugs an audit found in a module its owner was editing at the time: the check fails until the fix lands
+# (strict: the xfail turns into a failure once it passes, so the mark is then removed).
+KNOWN_BUGS = {
+    check_ssfer_region_attack: "fernb/methods/ssfer.py region_attack_curve: at eps = 0 (the first of its default "
+                               "eps_values) it calls `model` before any fgsm call has moved it to `device` and put "
+                               "it in eval mode (on the CPU a train-mode model is then scored with batch statistics "
+                               "and its BatchNorm running stats change); fix: `model = model.to(device).eval()` "
+                               "right after `device = engine.resolve_device(device)`",
+}
+
+
+@pytest.mark.parametrize("check", [pytest.param(f, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[f]))
+                                   if f in KNOWN_BUGS else f
+                                   for f in sorted(set(CALLS.values()), key=lambda f: f.__name__)],
+                         ids=lambda f: f.__name__)
 def test_public_functions_taking_device_run_on_the_stand_in_gpu(check, data, test_data, init):
     with stand_in_gpu() as gpu:
         check(gpu, data, test_data, init)
@@ -352,9 +622,9 @@ def test_every_public_function_taking_device_is_checked():
     missing = sorted(set(audited) - set(CALLS))
     assert not missing, (f"public functions taking `device` without a stand-in-GPU check: {missing}; add each to "
                          f"CALLS in tests/test_device.py with a function that calls it with device='auto'")
-    stale = sorted(set(CALLS) - set(audited))
+    stale = sorted(set(CALLS) - {f for fs in found.values() for f in fs})
     assert not stale, f"CALLS names functions that no longer take `device`: {stale}"
-    others = sorted(f for m, fs in found.items() if m not in AUDITED for f in fs)
+    others = sorted(f for m, fs in found.items() if m not in AUDITED for f in fs if f not in CALLS)
     if others:
         warnings.warn(f"not yet audited on the stand-in GPU (add their modules to AUDITED): {others}", UserWarning)
 
