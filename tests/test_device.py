@@ -329,12 +329,13 @@ def check_ssfer(gpu, data, test_data, init):
         res = {d: ssfer.pretrain_mae("vit_mini", small, f"{tmp}/{d}.pt", img_size=48, steps=2, batch_size=16,
                                      decoder_dim=32, decoder_depth=1, device=d, seed=1) for d in ("auto", "cpu")}
     assert on_stand_in(res["auto"].mae) and res["auto"].history.train_loss == res["cpu"].history.train_loss
-    torch.manual_seed(0)
-    mae = mae_lib.MaskedAutoencoder(models.create("vit_mini", 0, img_size=48), decoder_dim=32, decoder_depth=1)
-    losses = {d: ssfer.reconstruction_losses(copy.deepcopy(mae), small, 0.75, batch_size=16, device=d)
-              for d in ("auto", "cpu")}
-    assert torch.allclose(losses["auto"], losses["cpu"], rtol=1e-5, atol=0), \
-        float((losses["auto"] - losses["cpu"]).abs().max())
+    if hasattr(ssfer, "reconstruction_losses"):        # new in the SSFER notebook's work (see OPTIONAL below)
+        torch.manual_seed(0)
+        mae = mae_lib.MaskedAutoencoder(models.create("vit_mini", 0, img_size=48), decoder_dim=32, decoder_depth=1)
+        losses = {d: ssfer.reconstruction_losses(copy.deepcopy(mae), small, 0.75, batch_size=16, device=d)
+                  for d in ("auto", "cpu")}
+        assert torch.allclose(losses["auto"], losses["cpu"], rtol=1e-5, atol=0), \
+            float((losses["auto"] - losses["cpu"]).abs().max())
 
     hist = {}
     for d in ("auto", "cpu"):
@@ -551,7 +552,6 @@ CALLS = {
     "fernb.methods.scl.query_embeddings": check_scl,
     "fernb.methods.scl.evaluate_batch_size": check_scl,
     "fernb.methods.ssfer.pretrain_mae": check_ssfer,
-    "fernb.methods.ssfer.reconstruction_losses": check_ssfer,
     "fernb.methods.ssfer.supervised_finetune": check_ssfer,
     "fernb.methods.ssfer.semi_supervised_finetune": check_ssfer,
     "fernb.methods.ssfer.fgsm": check_ssfer,
@@ -573,6 +573,10 @@ CALLS = {
     "fernb.viz.plot_arm_stages": check_viz_widgets,
     "fernb.widgets.mask_ratio_explorer": check_viz_widgets,
 }
+# Functions that modules being edited in parallel gain in work not yet committed: checked once they exist.
+OPTIONAL = {"fernb.methods.ssfer.reconstruction_losses": check_ssfer}
+CALLS.update({name: check for name, check in OPTIONAL.items()
+              if hasattr(importlib.import_module(name.rsplit(".", 1)[0]), name.rsplit(".", 1)[1])})
 
 
 # Device bugs an audit found in a module its owner was editing at the time: the check fails until the fix lands
