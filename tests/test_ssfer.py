@@ -302,3 +302,45 @@ def test_mae_task_of_the_train_cli_writes_an_encoder_the_classifier_loads(tmp_pa
     assert "head.weight" in state                        # the CLI saves the whole classifier module
     clf = M.vit_classifier("vit_mini", 8, img_size=48, encoder_checkpoint=out)   # another class count: head dropped
     assert torch.equal(clf.state_dict()["pos_embed"], state["pos_embed"])
+
+
+# ---- helpers for the notebook's tables ------------------------------------------------------------------------------
+def test_masked_patch_loss_per_image_averages_to_the_batch_loss_and_ignores_visible_patches():
+    torch.manual_seed(0)
+    pred, target = torch.randn(3, 10, 12), torch.randn(3, 10, 12)
+    mask = torch.zeros(3, 10)
+    mask[:, :7] = 1                                   # the same count of masked patches in every image
+    per_image = M.masked_patch_loss_per_image(pred, target, mask)
+    assert per_image.shape == (3,)
+    assert torch.allclose(per_image.mean(), M.masked_patch_loss(pred, target, mask))
+    changed = target.clone()
+    changed[:, 8] += 5.0                              # a visible patch's target
+    assert torch.equal(M.masked_patch_loss_per_image(pred, changed, mask), per_image)
+
+
+def test_reconstruction_losses_are_per_image_and_seeded(faces):
+    mae = _mae()
+    a = ssfer.reconstruction_losses(mae, faces, 0.75, batch_size=20, device="cpu", seed=3)
+    b = ssfer.reconstruction_losses(mae, faces, 0.75, batch_size=48, device="cpu", seed=3)
+    assert a.shape == (len(faces),) and torch.isfinite(a).all()
+    assert torch.allclose(a[:20], b[:20], atol=1e-5)  # same seed, same masks for the first batch's rows
+
+
+def test_kfold_accuracies_and_lr_search_run_the_experiment(faces, tmp_path):
+    kw = dict(model_name="vit_mini", img_size=48, checkpoint_dir=tmp_path, boxes=None, device="cpu",
+              mae=dict(steps=2, batch_size=16), sup=dict(steps=2, batch_size=8))
+    setting = ssfer.Setting(init="scratch", mix="none", semi=None, labels=0.5)
+    frame = ssfer.kfold_accuracies(faces, faces, {"scratch": setting}, k=2, seed=0, **kw)
+    assert list(frame.fold) == [1, 2] and frame.accuracy.between(0, 1).all()
+    assert frame.n_test.sum() == len(faces)           # every image is tested exactly once
+    exp = ssfer.SSFERExperiment(faces.subset(torch.arange(32)), faces.subset(torch.arange(32, 48)), faces, **kw)
+    study = ssfer.lr_search(exp, setting, 0, n_trials=2, low=1e-4, high=1e-2)
+    assert len(study.trials) == 2 and all(1e-4 <= t.params["lr"] <= 1e-2 for t in study.trials)
+
+
+def test_paper_number_falls_back_to_the_nearest_dataset():
+    assert ssfer.paper_number("ema_vs_fixmatch", "rafdb") == "85.07 vs 75.26"
+    assert ssfer.paper_number("ema_vs_fixmatch", "synthfer").startswith("RAF-DB: ")
+    assert ssfer.paper_number("facemix_vs_mixup", "affectnet8").startswith("AffectNet-7: ")
+    assert ssfer.paper_number("params", "kdef").startswith("ViT-Base")
+    assert ssfer.paper_number("per_class", "ferplus") == "-"

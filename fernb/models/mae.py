@@ -35,7 +35,8 @@ from torch import nn
 
 from ..paths import atomic_save
 
-__all__ = ["patchify", "unpatchify", "random_masking", "masked_patch_loss", "MaskedAutoencoder", "MAEOutput",
+__all__ = ["patchify", "unpatchify", "random_masking", "masked_patch_loss", "masked_patch_loss_per_image",
+           "MaskedAutoencoder", "MAEOutput",
            "vit_classifier", "save_encoder", "load_encoder", "mae_for"]
 
 
@@ -94,6 +95,17 @@ def masked_patch_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tens
         target = (target - mean) / (var + 1.0e-6) ** 0.5
     per_patch = ((pred.float() - target.float()) ** 2).mean(dim=-1)
     return (per_patch * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_patch_loss_per_image(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                                norm_pix: bool = True) -> torch.Tensor:
+    """`masked_patch_loss` for each image separately: (B,), the mean over that image's masked patches."""
+    if norm_pix:
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True)
+        target = (target - mean) / (var + 1.0e-6) ** 0.5
+    per_patch = ((pred.float() - target.float()) ** 2).mean(dim=-1)
+    return (per_patch * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
 
 @dataclass
