@@ -74,17 +74,30 @@ def test_smoke_run_of_the_tour_passes_its_floors(tmp_path):
 
 @pytest.mark.notebook
 def test_smoke_run_of_fucle_passes_its_floors(tmp_path):
-    """Notebook 01 end to end in the smoke profile: every section runs, and the scorecard's metrics clear the floors
-    (FUCLE's final accuracy, its gain over least confidence, and the 5-NN accuracy after SupCon)."""
+    """Notebook 01 end to end in the smoke profile (2 seeds): every section runs, the scorecard's metrics clear the
+    floors, and every claim carries its seeds, interval and rule, with the verdict the rule gives."""
     nb_path = REPO / "notebooks" / "01_fucle_active_learning.ipynb"
     out = tmp_path / "out"
     proc = _fernb_run(["01", "--profile", "smoke", "--output-dir", str(out), "--check"], tmp_path, timeout=1500)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert "check: passed" in proc.stdout
     card = json.loads((out / "figures" / nb_path.stem / "scorecard.json").read_text())
-    assert {"fucle_final_accuracy", "lc_final_accuracy", "fucle_gain_over_lc", "relabel_precision",
+    assert {"fucle_final_accuracy", "lc_final_accuracy", "full_pool_accuracy",
             "knn_accuracy_after_supcon"} <= set(card["metrics"])
-    assert len(card["claims"]) >= 10
+    assert len(card["claims"]) >= 15
+    from fernb.scorecard import verdict_from_interval
+    paired = [c for c in card["claims"] if c["kind"] == "paired seeds"]
+    assert len(paired) >= 10
+    for c in paired:
+        if c["seeds"] == [0]:                                   # sweep rows run at one seed: never a verdict
+            assert c["verdict"] == "inconclusive" and "no interval" in c["rule"], c
+            continue
+        assert c["seeds"] == [0, 1] and c["n_test"] and c["rule"].startswith("paired t over 2 seeds")
+        low, high = c["interval"]
+        if low is None or min(abs(low), abs(high)) < 1e-4:      # stored rounded to 4 digits
+            continue
+        assert c["verdict"] == verdict_from_interval(low, high, c["direction"]), c
+    assert all(c["rule"] for c in card["claims"])
     # checkpoints of a smoke run stay in its output folder
     assert list((out / "checkpoints").rglob("*.pt"))
 
