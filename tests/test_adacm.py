@@ -3,6 +3,7 @@ ReMixMatch): the margin (Eq. 1-2, the code's rules, the report's Eq. 6-8), the s
 the baselines' building blocks on crafted inputs, and the methods inside the shared trainer."""
 import copy
 import math
+import numpy as np
 
 import pytest
 import torch
@@ -334,3 +335,30 @@ def test_run_evaluates_the_ema_model_and_reloads_a_finished_run(tmp_path):
     assert ev.kind == "bootstrap paired" and ev.seeds == [3]          # one shared seed: bootstrap over test images
     rank = A.ranking([first, sup], ["Ada-CM", "supervised only"], "default")
     assert rank.verdict == "inconclusive"                              # one seed cannot separate methods
+
+
+def test_collapsed_runs_are_counted_per_row():
+    """A run whose predictions pile into one class is flagged; a run that uses every class is not; the share is
+    read from the prediction columns of the confusion matrix, not from the true-class rows."""
+    spread = np.eye(3, dtype=int) * 10 + 1                            # predicts every class
+    one_class = np.zeros((3, 3), dtype=int)
+    one_class[:, 1] = [10, 10, 10]                                    # predicts class 1 for every image
+    assert A.top_class_share(spread) == pytest.approx(11 / 33)
+    assert A.top_class_share(one_class) == 1.0
+    skewed_rows = np.diag([28, 1, 1])                                 # unbalanced truth, honest predictions
+    assert A.top_class_share(skewed_rows) == pytest.approx(28 / 30)   # 0.93: truth this skewed also trips it
+    with pytest.raises(ValueError, match="empty"):
+        A.top_class_share(np.zeros((3, 3)))
+
+    def result(name, seed, confusion):
+        acc = float(np.trace(confusion) / np.sum(confusion))
+        return A.RunResult(name=name, method=name, seed=seed, n_labeled=10, source="t", history={}, log={},
+                           tests={"t": {"accuracy": acc, "confusion": confusion.tolist()}}, seconds=0.0)
+
+    rows = [result("MixMatch", 0, one_class), result("MixMatch", 1, spread), result("Ada-CM", 0, spread)]
+    table = A.summary(rows, "t")
+    assert table.loc["MixMatch", "collapsed"] == 1 and table.loc["Ada-CM", "collapsed"] == 0
+    assert table.loc["MixMatch", "seeds"] == 2
+    note = A.collapse_note(table)
+    assert "MixMatch (1 of 2 seeds)" in note and "Ada-CM" not in note
+    assert A.collapse_note(A.summary(rows[1:], "t")) == ""

@@ -441,17 +441,46 @@ def select(results, name: str | None = None, **where) -> list[RunResult]:
     return sorted(out, key=lambda r: r.seed)
 
 
-def summary(results, test: str, metric: str = "accuracy"):
-    """Mean, std and seeds of `metric` on `test` per row name (first-seen order) as a DataFrame."""
+COLLAPSE_SHARE = 0.9
+
+
+def top_class_share(confusion) -> float:
+    """Share of the test predictions that fall in the most-predicted class (the confusion matrix's columns are the
+    predictions): about 1/K for a classifier that uses every class, 1.0 for a run that collapsed onto one class.
+    A collapsed row in a table is a failed run, not a measurement of its method."""
+    pred = np.asarray(confusion, dtype=float).sum(axis=0)
+    if pred.sum() <= 0:
+        raise ValueError("empty confusion matrix: no test predictions")
+    return float(pred.max() / pred.sum())
+
+
+def summary(results, test: str, metric: str = "accuracy", collapse_share: float = COLLAPSE_SHARE):
+    """Mean, std and seeds of `metric` on `test` per row name (first-seen order) as a DataFrame, with `collapsed`:
+    the number of a row's seeds whose predictions put at least `collapse_share` of the test images in one class
+    (see `top_class_share`)."""
     import pandas as pd
 
-    rows = {}
+    rows, collapsed = {}, {}
     for r in results:
         rows.setdefault(r.name, []).append(r.tests[test][metric])
+        share = top_class_share(r.tests[test]["confusion"]) if "confusion" in r.tests[test] else 0.0
+        collapsed[r.name] = collapsed.get(r.name, 0) + int(share >= collapse_share)
     return pd.DataFrame({"mean": {k: float(np.mean(v)) for k, v in rows.items()},
                          "std": {k: float(np.std(v, ddof=1)) if len(v) > 1 else float("nan")
                                  for k, v in rows.items()},
-                         "seeds": {k: len(v) for k, v in rows.items()}})
+                         "seeds": {k: len(v) for k, v in rows.items()},
+                         "collapsed": collapsed})
+
+
+def collapse_note(table, collapse_share: float = COLLAPSE_SHARE) -> str:
+    """One sentence naming the rows of a `summary` table with collapsed seeds ("" when none), for the takeaway under
+    the table and the scorecard notes of claims against those rows."""
+    bad = table[table["collapsed"] > 0]
+    if bad.empty:
+        return ""
+    rows = ", ".join(f"{name} ({int(r['collapsed'])} of {int(r['seeds'])} seeds)" for name, r in bad.iterrows())
+    return (f"collapsed onto one class (at least {collapse_share:.0%} of the test predictions in one class): {rows}; "
+            f"such a row is a run that failed in this regime, not a measurement of its method")
 
 
 def audit(result: RunResult, last: int | None = None) -> dict:
