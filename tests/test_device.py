@@ -399,9 +399,12 @@ def check_ssfer_region_attack(gpu, data, test_data, init):
     images, labels = test_data.images[:6], test_data.labels[:6]
     region = torch.zeros(6, 48, 48, dtype=torch.bool)
     region[:, 10:30, 10:30] = True
-    curve = {d: ssfer.region_attack_curve(copy.deepcopy(init), images, labels, {"face": region},
+    models_ = {d: copy.deepcopy(init).train() for d in ("auto", "cpu")}
+    curve = {d: ssfer.region_attack_curve(models_[d], images, labels, {"face": region},
                                           eps_values=(0.0, 0.05), device=d, batch_size=4) for d in ("auto", "cpu")}
     assert curve["auto"]["face"] == curve["cpu"]["face"]
+    assert on_stand_in(models_["auto"]) and not models_["auto"].training       # scored in eval mode at eps = 0
+    assert all(same(a, b) for a, b in zip(models_["cpu"].buffers(), init.buffers()))   # BatchNorm stats untouched
 
 
 def _face_ids(n=48, size=32, seed=0):
@@ -581,13 +584,7 @@ CALLS.update({name: check for name, check in OPTIONAL.items()
 
 # Device bugs an audit found in a module its owner was editing at the time: the check fails until the fix lands
 # (strict: the xfail turns into a failure once it passes, so the mark is then removed).
-KNOWN_BUGS = {
-    check_ssfer_region_attack: "fernb/methods/ssfer.py region_attack_curve: at eps = 0 (the first of its default "
-                               "eps_values) it calls `model` before any fgsm call has moved it to `device` and put "
-                               "it in eval mode (on the CPU a train-mode model is then scored with batch statistics "
-                               "and its BatchNorm running stats change); fix: `model = model.to(device).eval()` "
-                               "right after `device = engine.resolve_device(device)`",
-}
+KNOWN_BUGS: dict = {}      # none open (ssfer.region_attack_curve's eps = 0 bug is fixed and checked above)
 
 
 @pytest.mark.parametrize("check", [pytest.param(f, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[f]))
@@ -675,3 +672,21 @@ def test_measure_on_cuda_keeps_nested_peaks_and_starts_no_sampler_thread(monkeyp
             allocate(-50)
     assert inner.peak_cuda_mb == 50 and outer.peak_cuda_mb == 500
     assert "no sampler thread" in outer.method and outer.peak_rss_mb >= 0
+
+
+@pytest.mark.parametrize("free_gib, expected", [(2, 512), (0.01, 64), (100, 4096)])
+def test_deepfool_batch_is_sized_to_the_free_gpu_memory(monkeypatch, data, init, free_gib, expected):
+    """deepfool_batch_size's CUDA branch with torch.cuda's memory counters faked: a probe of 16 rows that peaks at
+    16 MiB above the allocation at entry is 1 MiB per row, so a quarter of 2 GiB free holds 512 rows; the batch stays
+    a multiple of 64 within [64, 4096]. On the CPU it is 64 (the batch the issue measured)."""
+    real_batch_input = engine.batch_input
+    monkeypatch.setattr(engine, "batch_input", lambda pool, rows, device, augment=None:
+                        real_batch_input(pool, rows, "cpu", augment))          # the probe's rows, on this CPU
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 300 * 2**20)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 316 * 2**20)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(free_gib * 2**30), 80 * 2**30))
+    model = copy.deepcopy(init).eval()
+    assert active.deepfool_batch_size(model, data, torch.arange(40), "cuda") == expected
+    assert active.deepfool_batch_size(model, data, torch.arange(40), "cpu") == 64

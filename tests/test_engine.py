@@ -272,3 +272,56 @@ def test_a_step_that_fails_to_compile_falls_back_to_eager(tiny, initial_model, m
                           progress=False, compile=True)
     ref = engine.fit(copy.deepcopy(initial_model), data, epochs=1, batch_size=32, device="cpu", progress=False)
     assert hist.compile == "off" and hist.train_loss == ref.train_loss
+
+
+# ---- fp16 + GradScaler on a GPU without bf16 (T4, P100), run on the CPU ---------------------------------------------
+def _as_gpu_without_bf16(monkeypatch):
+    """The engine as it behaves on a GPU without bf16: amp_dtype says float16, so precision_name reports it and
+    make_scaler hands out an enabled GradScaler (on the CPU here, where torch has one). Autocast itself stays off:
+    this checks the scaler's path through fit (scale, unscale, inf check, checkpoint, resume), not fp16 numerics."""
+    import contextlib
+    monkeypatch.setattr(engine, "amp_dtype", lambda device: torch.float16)
+    monkeypatch.setattr(engine, "autocast", lambda device: contextlib.nullcontext())
+
+
+def test_fit_on_a_gpu_without_bf16_uses_fp16_with_a_grad_scaler_and_records_it(tiny, initial_model, tmp_path,
+                                                                                monkeypatch):
+    data = tiny.subset(torch.arange(128))
+    run = dict(epochs=3, batch_size=32, lr=3e-3, augment="weak", device="cpu", seed=4, progress=False)
+    plain_model = copy.deepcopy(initial_model)
+    plain = engine.fit(plain_model, data, **run)
+    _as_gpu_without_bf16(monkeypatch)
+    assert engine.precision_name("cpu") == "fp16 autocast + GradScaler" and engine.make_scaler("cpu").is_enabled()
+
+    scaled_model = copy.deepcopy(initial_model)
+    scaled = engine.fit(scaled_model, data, checkpoint=tmp_path / "a.pt", **run)
+    assert scaled.precision == "fp16 autocast + GradScaler" and plain.precision == "float32"
+    # loss x 2^16 on the way back, gradients x 2^-16 before the step: exact in float32, so the same weights
+    assert scaled.train_loss == plain.train_loss
+    for key, value in plain_model.state_dict().items():
+        assert torch.equal(value, scaled_model.state_dict()[key]), key
+    state = torch.load(tmp_path / "a.pt", weights_only=True)
+    assert state["scaler"]["scale"] == 2.0 ** 16 and state["history"]["precision"] == "fp16 autocast + GradScaler"
+
+    # a kill and a resume restore the scaler too, and end where the uninterrupted run ended
+    with pytest.raises(Killed):
+        engine.fit(copy.deepcopy(initial_model), data, checkpoint=tmp_path / "b.pt", callbacks=(_kill_after(0),),
+                   **run)
+    resumed_model = copy.deepcopy(initial_model)
+    resumed = engine.fit(resumed_model, data, checkpoint=tmp_path / "b.pt", **run)
+    assert resumed.train_loss == scaled.train_loss and resumed.precision == scaled.precision
+    for key, value in scaled_model.state_dict().items():
+        assert torch.equal(value, resumed_model.state_dict()[key]), key
+
+
+def test_optimizer_step_with_an_enabled_scaler_skips_a_step_whose_gradients_overflow(initial_model):
+    model = copy.deepcopy(initial_model)
+    opt = engine.make_optimizer(model.parameters(), lr=1e-2, device="cpu")
+    scaler = torch.amp.GradScaler("cpu", enabled=True, init_scale=2.0 ** 16)
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.randn(4, 3, 48, 48)
+    engine.optimizer_step(model(x).sum() * float("inf"), opt, scaler)        # an fp16 overflow, say
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))   # step skipped
+    assert scaler.get_scale() == 2.0 ** 15                                        # and the scale backed off
+    engine.optimizer_step(model(x).logsumexp(1).mean(), opt, scaler)
+    assert not all(torch.equal(a, p) for a, p in zip(before, model.parameters()))

@@ -403,6 +403,7 @@ def region_attack_curve(model: nn.Module, images_uint8: torch.Tensor, labels: to
     """Accuracy under FGSM restricted to each region (name -> (N, H, W) mask) at each eps: {name: [acc per eps]}.
     Also returns per-image correctness under "<name>@<eps>" keys for bootstraps."""
     device = engine.resolve_device(device)
+    model = model.to(device).eval()           # eps = 0 scores the model before any fgsm call has moved it
     x01 = images_uint8.float() / 255.0
     out: dict = {}
     for name, region in regions.items():
