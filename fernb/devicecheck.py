@@ -21,6 +21,12 @@ Inside the block:
   says True to fernb's code, so code that bypasses `fernb.engine.resolve_device` and decides by itself that CUDA
   is there asks for a CUDA device this machine does not have, and fails.
 
+`count_host_syncs()` lists, inside such a block, every operation that would make the host wait for a GPU: a read
+of a value (`.item()`, `bool(t)`, `.tolist()`, `torch.equal`), a copy to the CPU, and an operation whose output
+size depends on the data (`nonzero`, boolean-mask indexing, `masked_select`, `unique`, `repeat_interleave` without
+`output_size`). A training loop that is to keep a GPU busy does a fixed number of those per epoch, none per step;
+tests/test_device.py counts them for every training loop.
+
 It is a test tool (tests/test_device.py uses it on every public function of fernb that takes `device`), not an
 accelerator: it is slower than the CPU.
 """
@@ -34,7 +40,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode, return_and_correct_aliasing
 from torch.utils._pytree import tree_map
 
-__all__ = ["StandInTensor", "stand_in_gpu", "DEVICE", "DeviceMismatch"]
+__all__ = ["StandInTensor", "stand_in_gpu", "count_host_syncs", "DEVICE", "DeviceMismatch"]
 
 DEVICE = torch.device("meta")
 aten = torch.ops.aten
@@ -66,6 +72,7 @@ class StandInTensor(torch.Tensor):
         return f"StandInTensor({self.elem!r}, device='{DEVICE}')"
 
     def tolist(self):
+        _record_sync("tolist")
         return self.elem.tolist()                    # a device-to-host read, as on CUDA
 
     def numpy(self, *, force: bool = False):
@@ -118,12 +125,58 @@ def _check_devices(func, args, kwargs) -> None:
             f"of shape {tuple(stand_in[0].shape)})")
 
 
+# Operations after which CUDA's host waits for the device: a value read, or an output sized by the data.
+_SYNCING = {aten._local_scalar_dense.default: "item", aten.equal.default: "equal", aten.nonzero.default: "nonzero",
+            aten.masked_select.default: "masked_select", aten._unique2.default: "unique",
+            aten.unique_dim.default: "unique", aten.unique_consecutive.default: "unique",
+            aten.repeat_interleave.Tensor: "repeat_interleave", aten.repeat_interleave.self_Tensor: "repeat_interleave"}
+_SYNC_LOGS: list[list[str]] = []
+
+
+@contextlib.contextmanager
+def count_host_syncs():
+    """Yield a list that collects, for the block, the name of every operation on the stand-in device that makes a
+    CUDA host wait for the GPU (module docstring); blocks nest (an operation is listed in every open block)."""
+    log: list[str] = []
+    _SYNC_LOGS.append(log)
+    try:
+        yield log
+    finally:
+        del _SYNC_LOGS[next(i for i, open_log in enumerate(_SYNC_LOGS) if open_log is log)]   # by identity
+
+
+def _record_sync(name: str) -> None:
+    for log in _SYNC_LOGS:
+        log.append(name)
+
+
+def _sync_name(func, args, kwargs, leaving: bool) -> str | None:
+    stand_in = [a for a in _flat(args, kwargs) if isinstance(a, StandInTensor)]
+    if not stand_in:
+        return None
+    if leaving:
+        return "copy to host"
+    if func is aten.copy_.default and not isinstance(args[0], StandInTensor):
+        return "copy to host"
+    if func in _SYNCING and not (func in (aten.repeat_interleave.Tensor, aten.repeat_interleave.self_Tensor)
+                                 and kwargs.get("output_size") is not None):
+        return _SYNCING[func]
+    if func in _INDEXING and isinstance(args[0], StandInTensor) and len(args) > 1 and any(
+            isinstance(t, torch.Tensor) and t.dtype in (torch.bool, torch.uint8) for t in (args[1] or ())):
+        return "boolean-mask index"
+    return None
+
+
 def _dispatch(func, args, kwargs):
     _check_devices(func, args, kwargs)
     target = kwargs.get("device")
     to_stand_in = _is_stand_in_device(target)
     on_device = to_stand_in or any(isinstance(a, StandInTensor) for a in _flat(args, kwargs))
     leaving = func is aten._to_copy.default and target is not None and not to_stand_in
+    if _SYNC_LOGS:
+        name = _sync_name(func, args, kwargs, leaving)
+        if name is not None:
+            _record_sync(name)
 
     def unwrap(t):
         return t.elem if isinstance(t, StandInTensor) else t

@@ -690,3 +690,82 @@ def test_deepfool_batch_is_sized_to_the_free_gpu_memory(monkeypatch, data, init,
     model = copy.deepcopy(init).eval()
     assert active.deepfool_batch_size(model, data, torch.arange(40), "cuda") == expected
     assert active.deepfool_batch_size(model, data, torch.arange(40), "cpu") == 64
+
+
+# ---- no host-device synchronization per training step (issue 7, item 3) ----------------------------------------
+def _loops():
+    """Each training loop of fernb, run so that `k` = 2 trains twice the steps of `k` = 1 in the same epochs."""
+    import tempfile
+    from fernb.methods import scl, semisup, ssfer
+
+    def fit(k, data, init):
+        engine.fit(copy.deepcopy(init), data, epochs=2, batch_size=48 // k, device="auto", progress=False)
+
+    def drm(k, data, init):
+        drm_mod.train_drm(copy.deepcopy(init), data.with_labels(data.labels.clone()), epochs=1, batch_size=48 // k,
+                          relabel_start_epoch=0, delta2=0.0, progress=False, device="auto", seed=1)
+
+    def fixmatch(k, data, init):
+        labels = data.labels.clone()
+        labels[48:] = -1
+        semisup.SemiSupervisedTrainer(copy.deepcopy(init), data.with_labels(labels), None, semisup.FixMatch(),
+                                      steps=2 * k, steps_per_epoch=2 * k, batch_size=8, uratio=2, device="auto",
+                                      progress=False).run()
+
+    def ema_teacher(k, data, init):
+        ssfer.semi_supervised_finetune(copy.deepcopy(init), data.subset(torch.arange(48)),
+                                       data.subset(torch.arange(48, 96)), steps=2 * k, steps_per_epoch=2 * k,
+                                       batch_size=8, uratio=1, device="auto", seed=1)
+
+    def supcon(k, data, init):
+        pretrain.contrastive_pretrain(copy.deepcopy(init), data, epochs=1, batch_size=48 // k, device="auto",
+                                      progress=False, seed=2)
+
+    def facemix(k, data, init):
+        ssfer.supervised_finetune(copy.deepcopy(init), data, mix="facemix", boxes=data.boxes, steps=2 * k,
+                                  batch_size=16, device="auto", seed=1)
+
+    def scl_cuem(k, data, init):        # queue of 64 full and CUEM relabeling in the last steps of either run
+        torch.manual_seed(0)
+        scl.train_scl(models.create("resnet_mini_arm", 7, img_size=48), data, epochs=1, batch_size=24 // k,
+                      queue_size=64, progress=False, device="auto")
+
+    def mae(k, data, init):
+        with tempfile.TemporaryDirectory() as tmp:
+            ssfer.pretrain_mae("vit_mini", data, f"{tmp}/mae.pt", img_size=48, steps=2 * k, batch_size=16,
+                               decoder_dim=32, decoder_depth=1, device="auto", seed=1)
+
+    return [fit, drm, fixmatch, ema_teacher, supcon, facemix, scl_cuem, mae]
+
+
+def test_count_host_syncs_lists_what_makes_a_gpu_host_wait():
+    from fernb.devicecheck import count_host_syncs
+    with stand_in_gpu() as gpu:
+        a = torch.arange(6.0).to(gpu)
+        with count_host_syncs() as outer:
+            with count_host_syncs() as inner:
+                a.sum().item()
+                a.tolist()
+            a.cpu()
+            a[a > 2]
+            torch.nonzero(a)
+            bool(a.sum() > 0)
+            a.unique()
+            a[torch.tensor([0, 1])] * 2 + 1                    # no wait: arithmetic, CPU indices copied over
+            a.repeat_interleave(torch.ones(6, dtype=torch.long).to(gpu), output_size=6)
+    assert inner == ["item", "tolist"]
+    assert outer == ["item", "tolist", "copy to host", "boolean-mask index", "nonzero", "item", "unique"]
+
+
+@pytest.mark.parametrize("loop", _loops(), ids=lambda f: f.__name__)
+def test_training_loops_wait_for_the_device_per_epoch_not_per_step(loop, data, init):
+    """The same number of host syncs for twice the steps: the loop reads the device once per epoch (its metrics),
+    never inside a step (FaceMix's CPU face boxes and CUEM's boolean-masked queue each cost one per step before)."""
+    from fernb.devicecheck import count_host_syncs
+    counts = {}
+    with stand_in_gpu():
+        for k in (1, 2):
+            with count_host_syncs() as log:
+                loop(k, data, init)
+            counts[k] = log
+    assert len(counts[2]) == len(counts[1]), counts

@@ -32,14 +32,15 @@ def class_similarity(queries: torch.Tensor, queue_keys: torch.Tensor, queue_labe
     """S_cos: (B, num_classes) mean cosine similarity of each query to the queue entries of each class.
 
     Queries and keys are L2-normalized here (cosine similarity by definition); empty slots (label -1) are ignored;
-    a class with no entry gets NaN. One matrix product and one scatter: no per-class loop."""
+    a class with no entry gets NaN. One matrix product and one scatter: no per-class loop. Empty slots get a zero
+    one-hot row rather than being cut out with a boolean mask, whose data-dependent size would make a GPU's host
+    wait at every training step (a full queue, the training loop's case, gives the same numbers either way)."""
     q = torch.nn.functional.normalize(queries.float(), dim=1)
     k = torch.nn.functional.normalize(queue_keys.to(q.device).float(), dim=1)
     lab = queue_labels.reshape(-1).to(q.device)
     valid = lab >= 0
-    sims = q @ k[valid].T                                                    # (B, K_valid)
-    lab = lab[valid]
-    one_hot = torch.nn.functional.one_hot(lab, num_classes).float()          # (K_valid, C)
+    sims = q @ k.T                                                           # (B, K)
+    one_hot = torch.nn.functional.one_hot(lab.clamp(min=0), num_classes).float() * valid[:, None]   # (K, C)
     counts = one_hot.sum(0)
     sums = sims @ one_hot                                                    # (B, C)
     return torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, float("nan")))

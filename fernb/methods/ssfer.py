@@ -123,6 +123,8 @@ def mixing_loss(mode: str = "facemix", *, alpha: float = 0.8, boxes: torch.Tenso
     if kappa not in fm.KAPPA_SOURCES:
         raise ValueError(f"kappa must be one of {fm.KAPPA_SOURCES}, got {kappa!r}")
 
+    boxes_on: dict = {}                       # the face boxes copied once to the device the step runs on
+
     def step(model, x, y, index):
         if mode == "none":
             logits = model(x)
@@ -137,7 +139,9 @@ def mixing_loss(mode: str = "facemix", *, alpha: float = 0.8, boxes: torch.Tenso
         both = model(torch.cat([mixed.x, x]))
         logits_v, logits_r = both[: len(x)], both[len(x):]
         if kappa == "iou":
-            b = boxes[index.to(boxes.device)].to(x.device)
+            if x.device not in boxes_on:      # indexing CPU boxes with device rows would copy them back every step
+                boxes_on[x.device] = boxes.to(x.device)
+            b = boxes_on[x.device][index.to(x.device)]
             k = fm.kappa_from_boxes(b, b[mixed.perm])
         else:
             with torch.no_grad():
