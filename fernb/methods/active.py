@@ -911,7 +911,7 @@ def run_active_learning(strategy: Strategy | str, pool: FERDataset, test: FERDat
             torch.manual_seed(seed)
             model = model_fn()
             with measure(device) as fitting:
-                engine.fit(model, train, device=device, **fit_kwargs)
+                history = engine.fit(model, train, device=device, **fit_kwargs)
             metrics = engine.evaluate(model, test, batch_size=batch_size, device=device)
             result.selected.append(picked)
             n_pseudo = int((added & ~mask).sum())
@@ -920,6 +920,8 @@ def run_active_learning(strategy: Strategy | str, pool: FERDataset, test: FERDat
                 "accuracy": metrics["accuracy"], "mean_class_accuracy": metrics["mean_class_accuracy"],
                 "query_seconds": query.seconds, "query_peak_rss_mb": query.peak_rss_mb,
                 "train_seconds": fitting.seconds, "n_pseudo": n_pseudo,
+                # the fit's first step, torch.compile's compilation included when it compiled (`History.compile`)
+                "train_first_step_seconds": history.first_step_seconds, "compile": history.compile,
                 "pseudo_accuracy": (float((pseudo[added & ~mask] == clean[added & ~mask]).float().mean())
                                     if n_pseudo and clean is not None else float("nan"))})
     result.labeled_mask = mask
