@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 __all__ = ["available", "world_size", "rank", "local_rank", "is_main", "init", "shutdown", "barrier",
-           "all_reduce_sum", "all_gather_with_grad", "GlobalBatchNorm1d",
+           "all_reduce_sum", "broadcast_buffers", "all_gather_with_grad", "GlobalBatchNorm1d",
            "global_batchnorm", "launched_by_torchrun"]
 
 
@@ -88,6 +88,19 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if available() and world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def broadcast_buffers(module: nn.Module, src: int = 0) -> nn.Module:
+    """Copy rank `src`'s buffers (BatchNorm running statistics) to every rank, in place; returns `module`.
+
+    DistributedDataParallel broadcasts them before each forward, so each rank's last training step leaves its own
+    statistics behind: after an epoch the ranks' models differ in their buffers, and so would their validation
+    accuracy and the model each returns. `fernb.engine.fit` calls this at the end of every epoch, so every rank
+    holds the model rank 0 checkpoints. A no-op with one process."""
+    if available() and world_size() > 1:
+        for buffer in module.buffers():
+            dist.broadcast(buffer.data, src)
+    return module
 
 
 class _GatherWithGrad(torch.autograd.Function):

@@ -392,6 +392,9 @@ def fit(model: nn.Module, train: FERDataset, *, val: FERDataset | None = None, e
                 correct += (logits.detach().argmax(1) == y).sum()
                 predicted = True
             seen += len(index)
+        if world > 1:       # every rank ends the epoch with rank 0's BatchNorm statistics: one model everywhere
+            for m in (model, *extra_modules):
+                distributed.broadcast_buffers(m)
         # One read of the device per epoch (summed over ranks under DDP).
         totals = torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device)])
         loss_total, correct_total, seen_total = distributed.all_reduce_sum(totals).tolist() if world > 1 \

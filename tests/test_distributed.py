@@ -138,16 +138,18 @@ def _rank_main(rank: int, init_file: str, out: str) -> None:
         accuracy = engine.evaluate(model_a, test, device="cpu")["accuracy"]
         same_resume = all(torch.equal(a, c) for a, c in zip(model_a.state_dict().values(),
                                                             model_c.state_dict().values()))
-        # every rank holds the same weights (DDP keeps them in sync); gather a checksum to compare
-        checksum = torch.tensor([float(sum(p.detach().double().sum() for p in model_a.parameters()))])
-        gathered = [torch.zeros(1) for _ in range(WORLD)]
+        # every rank holds the same model: weights (DDP keeps them in sync), BatchNorm statistics (broadcast from
+        # rank 0 after every epoch) and so the same test accuracy; gather checksums and accuracies to compare
+        checksum = torch.tensor([float(sum(p.detach().double().sum() for p in model_a.parameters())),
+                                 float(sum(b.detach().double().sum() for b in model_a.buffers())), accuracy])
+        gathered = [torch.zeros(3) for _ in range(WORLD)]
         dist.all_gather(gathered, checksum)
         if distributed.is_main():
             torch.save({"plain": {k: v.clone() for k, v in plain.state_dict().items()},
                         "plain_samples": plain_hist.samples, "samples": hist_a.samples,
                         "world_size": hist_a.world_size, "accuracy": accuracy, "same_resume": same_resume,
                         "resume_history": (hist_c.train_loss == hist_a.train_loss, hist_c.epoch),
-                        "checksums": [float(g) for g in gathered],
+                        "checksums": [g.tolist() for g in gathered],
                         "checkpoint_epoch": killed_at, "supcon": supcon,
                         "gather_errors": gather_errors}, out)
     finally:
@@ -181,7 +183,9 @@ def test_ddp_resnet_sees_the_same_samples_and_reaches_the_same_accuracy(ddp_resu
     single_acc = engine.evaluate(single, test, device="cpu")["accuracy"]
     assert ddp_result["world_size"] == 2 and hist.world_size == 1
     assert ddp_result["samples"] == hist.samples == [512] * 6
-    assert len(set(ddp_result["checksums"])) == 1                 # both ranks end with the same weights
+    weights, buffers, accuracies = zip(*ddp_result["checksums"])
+    assert len(set(weights)) == 1 and len(set(buffers)) == 1      # both ranks end with the same model
+    assert len(set(accuracies)) == 1                               # and measure the same accuracy
     # chance is 1/7 = 0.14 and one standard error on 256 test images about 0.03: both runs learned something
     assert single_acc > 0.2 and ddp_result["accuracy"] > 0.2
     assert abs(ddp_result["accuracy"] - single_acc) <= 0.1, (ddp_result["accuracy"], single_acc)

@@ -101,3 +101,13 @@ def test_bench_gpu_skips_cleanly_without_cuda():
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "no CUDA device here" in done.stdout and "Skipped" in done.stdout
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam", "sgd"])
+def test_make_optimizer_is_fused_on_cuda_and_default_on_the_cpu(name):
+    """One kernel launch for all parameters on a GPU (the step of a launch-bound fit); the CPU keeps torch's
+    default implementation (its float32 results unchanged). torch builds fused optimizers over CPU tensors too,
+    which lets this run without a GPU."""
+    model = torch.nn.Linear(3, 2)
+    assert engine.make_optimizer(model.parameters(), name=name, device=torch.device("cuda")).defaults["fused"]
+    assert not engine.make_optimizer(model.parameters(), name=name, device="cpu").defaults.get("fused")
