@@ -33,6 +33,54 @@ BASE = {
 
 # Per-notebook overrides (only what differs from BASE).
 NOTEBOOKS = {
+    # Notebook 02 (SSFER: MAE pre-training, FaceMix, EMA teacher). model / vit_kwargs = the ViT the MAE pre-trains
+    # (n_pool unlabeled faces, mae_* steps / batch / lr) and Table 11 fine-tunes (vit_sup_* steps / lr);
+    # component_model = the backbone of the component tables (10, 12-15, 2-5, 8, 9, 16): the same ViT from its MAE
+    # encoder where it learns at the profile's scale (gpu, paper), resnet_mini from scratch on the CPU profiles
+    # (a ViT stays at chance there: notebook section 3); sup_* = the supervised stage of the component model,
+    # semi_* = the semi-supervised stage (semi_batch labeled + uratio x semi_batch unlabeled per step), ema = m of
+    # Eq. 1; seeds = headline rows, secondary_seeds = the other tables; kfold_semi: the K-fold rows run the
+    # semi-supervised stage too; optuna_trials = Table 16's trial budget; fgsm_n = test images attacked;
+    # vit_seeds = the seeds of the ViT rows (MAE pre-training, Table 11); vit_claims = whether the scorecard tests
+    # the ViT's claims: not in smoke / cpu, where the ViT stays at chance (measured on 2,000 SynthFER images at
+    # 48 px: 300-400 steps of 64 from scratch or from a 400-step MAE encoder give 0.15-0.17 test accuracy, chance
+    # 0.143, while resnet_mini reaches 0.45 with 300 steps). The gpu sizes are not yet timed on a GPU.
+    "02_ssfer_mae_facemix": {
+        "smoke": dict(n_train=500, n_val=150, n_test=300, image_size=48, model="vit_mini",
+                      vit_kwargs={"patch_size": 6, "embed_dim": 96, "depth": 4, "num_heads": 3}, n_pool=300,
+                      mae_steps=6, mae_batch=64, mae_lr=1.5e-3, vit_sup_steps=6, vit_sup_lr=1e-3,
+                      component_model="resnet_mini", sup_steps=8, sup_batch=32, sup_lr=3e-3, semi_steps=4,
+                      semi_steps_per_epoch=2, semi_batch=16, uratio=2, semi_lr=1e-3, ema=0.9, seeds=(0,),
+                      secondary_seeds=(0,), fractions=(0.05, 0.25), per_class=(10,), kappas=("psnr", "ssim"),
+                      variants=("L1", "L3"), noise_levels=(0.3,), kfold_k=2, kfold_semi=False, optuna_trials=2,
+                      fgsm_n=64, vit_seeds=(0,), vit_claims=False, threads=None),
+        "cpu": dict(n_train=2000, n_val=300, n_test=700, image_size=48, model="vit_mini",
+                    vit_kwargs={"patch_size": 6, "embed_dim": 96, "depth": 4, "num_heads": 3}, n_pool=3000,
+                    mae_steps=300, mae_batch=128, mae_lr=1.5e-3, vit_sup_steps=150, vit_sup_lr=1e-3,
+                    component_model="resnet_mini", sup_steps=150, sup_batch=32, sup_lr=3e-3, semi_steps=100,
+                    semi_steps_per_epoch=25, semi_batch=32, uratio=2, semi_lr=1e-3, ema=0.99, seeds=(0, 1, 2),
+                    secondary_seeds=(0,), fractions=(0.05, 0.25), per_class=(10, 100),
+                    kappas=("psnr", "ssim", "fsim"), variants=("L1", "L2", "L3"), noise_levels=(0.1, 0.2, 0.3),
+                    kfold_k=5, kfold_semi=False, optuna_trials=4, fgsm_n=300, vit_seeds=(0,), vit_claims=False,
+                    threads=None),
+        "gpu": dict(n_train=8000, n_val=1000, n_test=3000, image_size=64, model="vit_mini",
+                    vit_kwargs={"patch_size": 8, "embed_dim": 192, "depth": 6, "num_heads": 3}, n_pool=20000,
+                    mae_steps=1500, mae_batch=512, mae_lr=1.5e-3, vit_sup_steps=600, vit_sup_lr=5e-4,
+                    component_model="vit_mini", sup_steps=600, sup_batch=128, sup_lr=5e-4, semi_steps=400,
+                    semi_steps_per_epoch=50, semi_batch=64, uratio=2, semi_lr=2e-4, ema=0.995,
+                    seeds=(0, 1, 2, 3, 4), secondary_seeds=(0, 1, 2), fractions=(0.05, 0.25),
+                    per_class=(10, 25, 100, 250), kappas=("psnr", "ssim", "fsim"), variants=("L1", "L2", "L3"),
+                    noise_levels=(0.1, 0.2, 0.3), kfold_k=5, kfold_semi=True, optuna_trials=10, fgsm_n=1000,
+                    vit_seeds=(0, 1, 2, 3, 4), vit_claims=True, threads=None),
+        "paper": dict(image_size=224, model="vit_base", vit_kwargs={}, n_pool=None, mae_steps=100000,
+                      mae_batch=256, mae_lr=3.4e-4, vit_sup_steps=20000, vit_sup_lr=1e-4,
+                      component_model="vit_base", sup_steps=20000, sup_batch=32, sup_lr=1e-4, semi_steps=20000,
+                      semi_steps_per_epoch=400, semi_batch=64, uratio=2, semi_lr=1.5e-4, ema=0.999,
+                      seeds=(0, 1, 2), secondary_seeds=(0, 1, 2), fractions=(0.05, 0.25),
+                      per_class=(10, 25, 100, 250), kappas=("psnr", "ssim", "fsim"), variants=("L1", "L2", "L3"),
+                      noise_levels=(0.1, 0.2, 0.3), kfold_k=5, kfold_semi=True, optuna_trials=30, fgsm_n=2000,
+                      vit_seeds=(0, 1, 2), vit_claims=True, threads=None),
+    },
     # Notebook 05 (Ada-CM). steps = optimizer steps of every semi-supervised run (batch_size labeled + uratio x
     # batch_size unlabeled each), steps_per_epoch = the unit of Ada-CM's margin update; seeds = the headline rows
     # (Ada-CM, FixMatch, supervised, Ada-CM without L_c), secondary_seeds = the other rows (baselines, second label
