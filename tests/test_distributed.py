@@ -3,6 +3,7 @@
 Two ranks with a global batch of 64 (32 rows each) against one process with batch 64, on the same data:
 * without BatchNorm or augmentation the two runs compute the same gradients, so they end with the same weights
   (up to float summation order): the sharding of the seeded permutation and the gradient averaging are right;
+  the same holds with the step traced by torch.compile inside DistributedDataParallel;
 * resnet_mini with augmentation (per-rank BatchNorm statistics and crops): the same number of samples per epoch,
   a final test accuracy within tolerance of the single process's, and resume after a kill equal to the
   uninterrupted DDP run, weight for weight (rank 0 writes the checkpoint, both ranks resume from it);
@@ -126,6 +127,15 @@ def _rank_main(rank: int, init_file: str, out: str) -> None:
         supcon = _supcon_losses(train.subset(torch.arange(256)))
         plain = _plain()
         plain_hist = engine.fit(plain, train, **PLAIN)
+        # the same DDP run with the step traced by torch.compile (Dynamo's eager backend stands in for Inductor,
+        # which would take minutes to compile on a CPU): DDP's gradient hooks fire through the compiled backward
+        real_compiled = engine.compiled
+        engine.compiled = lambda fn, mode: torch.compile(fn, backend="eager")
+        try:
+            traced = _plain()
+            traced_hist = engine.fit(traced, train, **{**PLAIN, "compile": True})
+        finally:
+            engine.compiled = real_compiled
 
         ckpt_a, ckpt_b = f"{out}.a.pt", f"{out}.b.pt"
         model_a = _resnet()
@@ -146,6 +156,8 @@ def _rank_main(rank: int, init_file: str, out: str) -> None:
         dist.all_gather(gathered, checksum)
         if distributed.is_main():
             torch.save({"plain": {k: v.clone() for k, v in plain.state_dict().items()},
+                        "traced": {k: v.clone() for k, v in traced.state_dict().items()},
+                        "traced_compile": traced_hist.compile,
                         "plain_samples": plain_hist.samples, "samples": hist_a.samples,
                         "world_size": hist_a.world_size, "accuracy": accuracy, "same_resume": same_resume,
                         "resume_history": (hist_c.train_loss == hist_a.train_loss, hist_c.epoch),
@@ -174,6 +186,10 @@ def test_ddp_without_batchnorm_equals_one_process_with_the_same_global_batch(ddp
     for key, value in single.state_dict().items():
         diff = float((ddp_result["plain"][key] - value).abs().max())
         assert diff < 1e-5, (key, diff)
+    # and with the step under torch.compile, as fit runs it on a GPU
+    assert ddp_result["traced_compile"] == "default"
+    for key, value in ddp_result["plain"].items():
+        assert torch.allclose(ddp_result["traced"][key], value, atol=1e-6, rtol=0), key
 
 
 def test_ddp_resnet_sees_the_same_samples_and_reaches_the_same_accuracy(ddp_result):
