@@ -15,8 +15,6 @@ from __future__ import annotations
 import os
 from types import SimpleNamespace
 
-import torch
-
 NAMES = ("smoke", "cpu", "gpu", "paper")
 
 BASE = {
@@ -200,7 +198,11 @@ NOTEBOOKS = {
 
 
 def default_profile() -> str:
-    return "gpu" if torch.cuda.is_available() else "cpu"
+    """gpu where `device="auto"` trains on CUDA (`fernb.engine.resolve_device`, so `FERNB_DEVICE=cpu` keeps a GPU
+    machine on the cpu profile too), else cpu."""
+    from .engine import resolve_device
+
+    return "gpu" if resolve_device("auto").type == "cuda" else "cpu"
 
 
 def get(notebook: str, profile: str | None = None) -> SimpleNamespace:

@@ -111,3 +111,16 @@ def test_make_optimizer_is_fused_on_cuda_and_default_on_the_cpu(name):
     model = torch.nn.Linear(3, 2)
     assert engine.make_optimizer(model.parameters(), name=name, device=torch.device("cuda")).defaults["fused"]
     assert not engine.make_optimizer(model.parameters(), name=name, device="cpu").defaults.get("fused")
+
+
+def test_default_profile_follows_the_device_auto_resolves_to(monkeypatch):
+    from fernb import profiles
+    monkeypatch.delenv("FERNB_DEVICE", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert profiles.default_profile() == "gpu"
+    monkeypatch.setenv("FERNB_DEVICE", "cpu")                # a GPU machine kept off its GPU: the cpu profile
+    assert profiles.default_profile() == "cpu"
+    monkeypatch.delenv("FERNB_DEVICE")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert profiles.default_profile() == "cpu"
