@@ -150,10 +150,15 @@ def _record_sync(name: str) -> None:
         log.append(name)
 
 
-def _sync_name(func, args, kwargs, leaving: bool) -> str | None:
+def _sync_name(func, args, kwargs, leaving: bool, arriving: bool) -> str | None:
+    if arriving and isinstance(args[0], torch.Tensor) and args[0].device.type == "cpu":
+        return "copy from host"                  # from pageable memory: CUDA syncs the stream before it
     stand_in = [a for a in _flat(args, kwargs) if isinstance(a, StandInTensor)]
     if not stand_in:
         return None
+    if func is aten.copy_.default and isinstance(args[0], StandInTensor) and not isinstance(args[1], StandInTensor) \
+            and isinstance(args[1], torch.Tensor):
+        return "copy from host"
     if leaving:
         return "copy to host"
     if func is aten.copy_.default and not isinstance(args[0], StandInTensor):
@@ -164,6 +169,10 @@ def _sync_name(func, args, kwargs, leaving: bool) -> str | None:
     if func in _INDEXING and isinstance(args[0], StandInTensor) and len(args) > 1 and any(
             isinstance(t, torch.Tensor) and t.dtype in (torch.bool, torch.uint8) for t in (args[1] or ())):
         return "boolean-mask index"
+    if func in _INDEXING and isinstance(args[0], StandInTensor) and len(args) > 1 and any(
+            isinstance(t, torch.Tensor) and not isinstance(t, StandInTensor) and t.device.type == "cpu"
+            for t in (args[1] or ())):
+        return "copy from host"                  # CPU indices: copied to the GPU first
     return None
 
 
@@ -174,7 +183,8 @@ def _dispatch(func, args, kwargs):
     on_device = to_stand_in or any(isinstance(a, StandInTensor) for a in _flat(args, kwargs))
     leaving = func is aten._to_copy.default and target is not None and not to_stand_in
     if _SYNC_LOGS:
-        name = _sync_name(func, args, kwargs, leaving)
+        arriving = func is aten._to_copy.default and to_stand_in
+        name = _sync_name(func, args, kwargs, leaving, arriving)
         if name is not None:
             _record_sync(name)
 

@@ -75,6 +75,17 @@ class Strong:
         return out.float().div_(255.0)
 
 
+_LUMA: dict = {}
+
+
+def _luma_weights(device: torch.device) -> torch.Tensor:
+    """ITU-R 601 luma weights (1, 3, 1, 1) on `device`, built once per device: a `torch.tensor(..., device=cuda)`
+    at every step is a host-to-device copy from pageable memory, which makes the host wait for the GPU."""
+    if device not in _LUMA:
+        _LUMA[device] = torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 3, 1, 1)
+    return _LUMA[device]
+
+
 def contrastive(x: torch.Tensor, strength: float = 0.5, gray_prob: float = 0.2) -> torch.Tensor:
     """SimCLR's view augmentation (Chen et al. 2020, Sec. 3 / App. A), batched with per-sample parameters:
     random resized crop (area 0.35-1) + flip, colour jitter (brightness, contrast, saturation by up to
@@ -87,7 +98,7 @@ def contrastive(x: torch.Tensor, strength: float = 0.5, gray_prob: float = 0.2) 
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * jitter() + mean                                        # contrast
     if x.shape[1] == 3:
-        gray = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        gray = (x * _luma_weights(x.device)).sum(1, keepdim=True)
         x = (x - gray) * jitter() + gray                                    # saturation
         to_gray = torch.rand(b, 1, 1, 1, device=x.device) < gray_prob
         x = torch.where(to_gray, gray.expand_as(x), x)
