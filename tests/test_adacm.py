@@ -330,6 +330,7 @@ def test_run_evaluates_the_ema_model_and_reloads_a_finished_run(tmp_path):
     assert again.tests["default"]["accuracy"] == first.tests["default"]["accuracy"]
     assert again.history["step_loss"] == first.history["step_loss"]
     assert again.log["margins"] == first.log["margins"] and again.log["n_correct"] == first.log["n_correct"]
+    assert first.seconds > 0 and again.seconds == first.seconds       # the training time, not the reload time
     sup = A.run(A.Spec("supervised only", "supervised"), pool, 21, 3, {"default": test}, **kw)
     ev = A.compare([first, sup], "Ada-CM", "supervised only", "default")
     assert ev.kind == "bootstrap paired" and ev.seeds == [3]          # one shared seed: bootstrap over test images
