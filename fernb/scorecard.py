@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -332,6 +332,14 @@ def exact(condition: bool, measured: str, rule: str) -> Evidence:
     holds / does not hold by `condition`. `rule` says what was checked."""
     return Evidence("exact", measured, rule=f"deterministic check: {rule}",
                     verdict="holds" if bool(condition) else "does not hold")
+
+
+def invalid_run(evidence: Evidence, why: str) -> Evidence:
+    """The same numbers with the verdict withheld: one of the runs compared failed (it collapsed onto one class,
+    diverged), so the interval measures that failure, not the method the claim is about. Inconclusive, with the
+    rule that would have decided it and `why` it did not."""
+    return replace(evidence, rule=f"{evidence.rule}; verdict withheld, a compared run is not a valid measurement: "
+                                  f"{why}", verdict="inconclusive")
 
 
 def not_measurable(measured: str, why: str) -> Evidence:

@@ -363,3 +363,27 @@ def test_collapsed_runs_are_counted_per_row():
     note = A.collapse_note(table)
     assert "MixMatch (1 of 2 seeds)" in note and "Ada-CM" not in note
     assert A.collapse_note(A.summary(rows[1:], "t")) == ""
+
+
+def test_a_claim_against_a_collapsed_run_has_no_verdict():
+    """Ada-CM beating a run that collapsed onto one class is the failure of that run, not a fact about its method:
+    compare keeps the numbers and the interval, withholds the verdict and names the failed seed."""
+    spread = np.eye(3, dtype=int) * 10 + 1
+    one_class = np.zeros((3, 3), dtype=int)
+    one_class[:, 1] = [10, 10, 10]
+
+    def result(name, seed, acc, confusion):
+        return A.RunResult(name=name, method=name, seed=seed, n_labeled=10, source="t", history={}, log={},
+                           tests={"t": {"accuracy": acc, "confusion": confusion.tolist(),
+                                        "correct": np.ones(33)}}, seconds=0.0)
+
+    ada = [result("Ada-CM", 0, 0.90, spread), result("Ada-CM", 1, 0.91, spread)]
+    healthy = ada + [result("MixMatch", 0, 0.30, spread), result("MixMatch", 1, 0.32, spread)]
+    failed = ada + [result("MixMatch", 0, 0.30, spread), result("MixMatch", 1, 0.32, one_class)]
+    ok = A.compare(healthy, "Ada-CM", "MixMatch", "t")
+    assert ok.verdict == "holds" and "withheld" not in ok.rule
+    ev = A.compare(failed, "Ada-CM", "MixMatch", "t")
+    assert ev.verdict == "inconclusive"
+    assert (ev.low, ev.high, ev.estimate) == (ok.low, ok.high, ok.estimate)     # the numbers stay on the card
+    assert ev.rule.startswith(ok.rule) and "withheld" in ev.rule and "MixMatch collapsed" in ev.rule
+    assert "seed(s) [1]" in ev.rule and "Ada-CM collapsed" not in ev.rule

@@ -173,3 +173,12 @@ def test_pair_confusion_gap_on_a_crafted_confusion():
     assert sc.pair_confusion_gap(p, y, [(1, 2)], 3).verdict == "does not hold"
     with pytest.raises(ValueError, match="named and other"):
         sc.pair_confusion_gap(p, y, [(0, 1), (0, 2), (1, 2)], 3)
+
+
+def test_invalid_run_withholds_the_verdict_and_keeps_the_numbers():
+    ev = sc.paired([0.9, 0.91, 0.92], [0.3, 0.31, 0.3], [0, 1, 2], names=("A", "B"))
+    assert ev.verdict == "holds"
+    out = sc.invalid_run(ev, "B diverged in seed 1")
+    assert out.verdict == "inconclusive" and ev.verdict == "holds"            # a copy; the original is untouched
+    assert out.interval == ev.interval and out.seeds == ev.seeds and out.measured == ev.measured
+    assert out.rule.startswith(ev.rule) and out.rule.endswith("B diverged in seed 1")

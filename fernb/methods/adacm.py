@@ -504,7 +504,26 @@ def audit(result: RunResult, last: int | None = None) -> dict:
 
 def compare(results, a: str, b: str, test: str, *, direction: str = ">", metric: str = "accuracy", **where):
     """Evidence for "row a vs row b on `test`" (`fernb.scorecard`): paired over the seeds both rows share when there
-    are two or more, else a paired bootstrap over the test images of the one shared seed (test-set noise only)."""
+    are two or more, else a paired bootstrap over the test images of the one shared seed (test-set noise only).
+    When a run of either row collapsed onto one class on `test` (`top_class_share` >= COLLAPSE_SHARE) the verdict
+    is withheld (`scorecard.invalid_run`): beating a failed run says nothing about the method it failed to run."""
+    from .. import scorecard as sc
+
+    ev = _compare(results, a, b, test, direction=direction, metric=metric, **where)
+    seeds = set(ev.seeds) if ev.seeds else None
+    failed = []
+    for name in (a, b):
+        runs = [r for r in select(results, name, **where) if seeds is None or r.seed in seeds]
+        bad = [r.seed for r in runs if "confusion" in r.tests[test]
+               and top_class_share(r.tests[test]["confusion"]) >= COLLAPSE_SHARE]
+        if bad:
+            failed.append(f"{name} collapsed onto one class (at least {COLLAPSE_SHARE:.0%} of the test predictions) "
+                          f"in seed(s) {bad}")
+    return sc.invalid_run(ev, "; ".join(failed)) if failed else ev
+
+
+def _compare(results, a: str, b: str, test: str, *, direction: str = ">", metric: str = "accuracy", **where):
+    """`compare` before the validity check."""
     from .. import scorecard as sc
 
     ra = {r.seed: r for r in select(results, a, **where)}
