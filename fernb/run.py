@@ -118,6 +118,19 @@ def summary_table(statuses: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def merge_summary(previous: str, table: str) -> str:
+    """`table`'s rows replace the rows of the same notebooks in `previous` (a summary file written earlier); the rows
+    of notebooks not run this time are kept, so running one notebook does not erase the others' results. Sorted by
+    notebook."""
+    head, rows = table.splitlines()[:2], {}
+    for text in (previous, table):
+        for line in text.splitlines()[2:]:
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) == 6 and cells[0]:
+                rows[cells[0]] = line
+    return "\n".join(head + [rows[k] for k in sorted(rows)])
+
+
 def check_floors(statuses: list[dict], floors_path: Path = FLOORS) -> list[str]:
     """Every metric with a stored floor for (notebook, profile) must be >= its floor; returns the failures."""
     floors = json.loads(floors_path.read_text()) if floors_path.is_file() else {}
@@ -223,7 +236,9 @@ def main(argv=None) -> int:
     from .paths import figures_root
 
     (figures_root()).mkdir(parents=True, exist_ok=True)
-    (figures_root() / f"summary-{profile}.md").write_text(table + "\n")
+    summary = figures_root() / f"summary-{profile}.md"
+    previous = summary.read_text() if summary.is_file() else ""
+    summary.write_text(merge_summary(previous, table) + "\n")
     code = 0 if all(st["ok"] for st in statuses) else 1
     if args.check:
         failures = check_floors(statuses)

@@ -184,3 +184,14 @@ def test_floors_file_is_well_formed():
             assert profile in profiles.NAMES
             for name, value in metrics.items():
                 assert isinstance(value, (int, float)), (notebook, profile, name)
+
+
+def test_summary_keeps_the_rows_of_notebooks_not_run_this_time():
+    head = "| notebook | profile | status | minutes | claims holding | key metrics |\n|---|---|---|---|---|---|"
+    old = head + "\n| 01_a | cpu | ok | 9.2 | 4/23 | x=1 |\n| 03_c | cpu | ok | 9.5 | 2/16 | y=2 |"
+    new = head + "\n| 03_c | cpu | FAILED | 1.0 | 0/0 |  |\n| 00_z | cpu | ok | 1.4 | 8/8 | z=3 |"
+    lines = run.merge_summary(old, new).splitlines()
+    assert lines[:2] == head.splitlines()
+    assert [line.split("|")[1].strip() for line in lines[2:]] == ["00_z", "01_a", "03_c"]
+    assert "FAILED" in lines[4] and "9.5" not in lines[4]          # a re-run replaces its old row
+    assert run.merge_summary("", new).splitlines()[2:] == sorted(new.splitlines()[2:])
