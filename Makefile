@@ -36,6 +36,7 @@ benchmarks: bootstrap
 	$(PY) benchmarks/bench_data_pipeline.py
 	$(PY) benchmarks/bench_engine_overhead.py
 	$(PY) benchmarks/bench_active_query.py
+	$(PY) benchmarks/bench_mae.py
 
 clean-cache:
 	rm -rf data/cache data/checkpoints
