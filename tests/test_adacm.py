@@ -280,7 +280,7 @@ def test_adacm_resume_equals_an_uninterrupted_run(initial, data, tmp_path):
 
 
 @pytest.mark.parametrize("method", [sb.SupervisedOnly(), sb.PseudoLabeling(tau=None), sb.MixMatch(),
-                                    sb.ReMixMatch(), A.AdaCM(weak_views=3, strong_views=2),
+                                    sb.MixMatch(**sb.MIXMATCH_SETTINGS["finetune"]), sb.ReMixMatch(), A.AdaCM(weak_views=3, strong_views=2),
                                     A.AdaCM(**A.CODE_VARIANT)], ids=lambda m: m.describe())
 def test_every_method_trains_in_the_shared_trainer(initial, data, method):
     res = _trainer(initial, data, copy.deepcopy(method), steps=2, steps_per_epoch=2).run()
@@ -387,3 +387,15 @@ def test_a_claim_against_a_collapsed_run_has_no_verdict():
     assert (ev.low, ev.high, ev.estimate) == (ok.low, ok.high, ok.estimate)     # the numbers stay on the card
     assert ev.rule.startswith(ok.rule) and "withheld" in ev.rule and "MixMatch collapsed" in ev.rule
     assert "seed(s) [1]" in ev.rule and "Ada-CM collapsed" not in ev.rule
+
+
+def test_mixmatch_settings_paper_and_finetune():
+    """"paper" is Berthelot et al.'s schedule (the class defaults); "finetune" is USB's for a pretrained backbone:
+    a consistency weight of 10 reached after 40 % of the run instead of 75 after 16/1024 of it."""
+    paper, tuned = sb.MixMatch(**sb.MIXMATCH_SETTINGS["paper"]), sb.MixMatch(**sb.MIXMATCH_SETTINGS["finetune"])
+    assert (paper.weight, paper.rampup, paper.alpha) == (75.0, 16 / 1024, 0.75)
+    assert (tuned.weight, tuned.rampup, tuned.alpha) == (10.0, 0.4, 0.5)
+    steps = 210                                   # notebook 05's cpu run
+    assert paper.weight * sb.linear_rampup(4, steps, paper.rampup) == 75.0          # full weight by step 4
+    assert tuned.weight * sb.linear_rampup(42, steps, tuned.rampup) == pytest.approx(5.0)   # half way at 20 %
+    assert tuned.weight * sb.linear_rampup(84, steps, tuned.rampup) == 10.0

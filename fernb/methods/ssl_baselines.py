@@ -14,8 +14,10 @@ loss differs. What each one is, and what is simplified:
   sharpened with T = 0.5 (`sharpen`); labeled (one-hot) and unlabeled (guess) rows are shuffled together and mixed
   with lambda' = max(lambda, 1 - lambda), lambda ~ Beta(0.75, 0.75) (`mixup`); L = CE(mixed labeled) +
   lambda_u * MSE(mixed unlabeled), lambda_u = 75 ramped up linearly over the first 16/1024 of the steps (16k of
-  the paper's 1,024k). The original interleaves labeled and unlabeled batches so BatchNorm sees one distribution;
-  here every mixed row goes through the network in a single forward, which does the same.
+  the paper's 1,024k); `MIXMATCH_SETTINGS["finetune"]` gives USB's values for a pretrained backbone and a short
+  run (lambda_u = 10, warm-up 40 %, alpha = 0.5). The original interleaves labeled and unlabeled batches so
+  BatchNorm sees one distribution; here every mixed row goes through the network in a single forward, which does
+  the same.
 * `ReMixMatch` (Berthelot et al. 2020): *distribution alignment*: the guess on a weak "anchor" view is
   q = Normalize(p * p(y) / p~(y)) with p(y) the labeled class distribution and p~(y) the running mean of the model's
   unlabeled predictions over the last 128 steps (`distribution_alignment`), then sharpened; *augmentation
@@ -35,7 +37,18 @@ from ..data import augment as aug
 from .semisup import SemiSupMethod, StepContext, pseudo_label_loss
 
 __all__ = ["SupervisedOnly", "PseudoLabeling", "MixMatch", "ReMixMatch", "sharpen", "mixup", "linear_rampup",
-           "distribution_alignment", "soft_cross_entropy"]
+           "distribution_alignment", "soft_cross_entropy", "MIXMATCH_SETTINGS"]
+
+# MixMatch's hyperparameters by regime (keyword arguments of `MixMatch`).
+# "paper": Berthelot et al.'s CIFAR-10 values, trained from scratch for ~1M steps: lambda_u = 75, warm-up 16/1024 of
+#   the run, mixup alpha = 0.75 (the class defaults).
+# "finetune": USB's (Wang et al., NeurIPS 2022, microsoft/Semi-supervised-learning, config/usb_cv/mixmatch) values for
+#   a *pretrained* backbone fine-tuned for a short run: lambda_u = 10, warm-up over the first 40 % of the steps,
+#   alpha = 0.5. Measured on notebook 05's cpu setting (resnet_mini with a SynthFER face-recognition backbone, 210
+#   steps, 978 labels, seeds 0-2): "paper" collapsed onto one class in 3 of 3 seeds (test accuracy 0.143, every
+#   prediction one class: the 75-weighted consistency term reaches full weight after ~3 steps, on a model that
+#   has not yet learned the labels), "finetune" trained (0.311, 0.293, 0.276).
+MIXMATCH_SETTINGS = {"paper": {}, "finetune": {"lambda_u": 10.0, "rampup": 0.4, "alpha": 0.5}}
 
 
 # ---- pure functions -------------------------------------------------------------------------------------------
