@@ -280,7 +280,8 @@ def test_adacm_resume_equals_an_uninterrupted_run(initial, data, tmp_path):
 
 
 @pytest.mark.parametrize("method", [sb.SupervisedOnly(), sb.PseudoLabeling(tau=None), sb.MixMatch(),
-                                    sb.MixMatch(**sb.MIXMATCH_SETTINGS["finetune"]), sb.ReMixMatch(), A.AdaCM(weak_views=3, strong_views=2),
+                                    sb.MixMatch(**sb.MIXMATCH_SETTINGS["finetune"]), sb.ReMixMatch(),
+                                    sb.ReMixMatch(**sb.REMIXMATCH_SETTINGS["finetune"]), A.AdaCM(weak_views=3, strong_views=2),
                                     A.AdaCM(**A.CODE_VARIANT)], ids=lambda m: m.describe())
 def test_every_method_trains_in_the_shared_trainer(initial, data, method):
     res = _trainer(initial, data, copy.deepcopy(method), steps=2, steps_per_epoch=2).run()
@@ -291,6 +292,29 @@ def test_every_method_trains_in_the_shared_trainer(initial, data, method):
     else:
         assert 0.0 <= h.mask_rate[0] <= 1.0 and h.pseudo_acc_all[0] is not None
     assert all(p.grad is None for p in res.teacher.parameters())
+
+
+def test_remixmatch_layouts_choose_the_labeled_view_and_the_mixed_rows(initial, data, monkeypatch):
+    seen = {}
+
+    def spy(x, y, lam, perm):              # record what enters mixup; mix with lambda' = 1 (rows unchanged)
+        seen["x"], seen["y"] = x, y
+        return x, y
+
+    monkeypatch.setattr(sb, "mixup", spy)
+    for layout, n_rows in (("paper", 8 + 2 * 8), ("finetune", 8 + 3 * 8)):
+        method = sb.ReMixMatch(**sb.REMIXMATCH_SETTINGS[layout])
+        trainer = _trainer(initial, data, method, steps=1)
+        ctx = trainer.context(torch.arange(8), torch.arange(8))
+        loss, stats = method.loss(ctx)
+        assert math.isfinite(float(loss.detach())) and len(seen["x"]) == n_rows
+        if layout == "finetune":             # USB: the trainer's weak labeled view, and the weak anchor mixed last
+            assert torch.equal(seen["x"][:8], ctx.x_l) and torch.equal(seen["x"][-8:], ctx.weak[0])
+        else:                                # Algorithm 1: a fresh strong view of the labeled rows
+            assert not torch.equal(seen["x"][:8], ctx.x_l)
+        assert torch.allclose(seen["y"][8:].sum(1), torch.ones(n_rows - 8))
+    with pytest.raises(ValueError, match="labeled_view"):
+        sb.ReMixMatch(labeled_view="none")
 
 
 def test_pseudo_labeling_targets_its_own_weak_view(initial, data):
