@@ -95,6 +95,7 @@ def run_many(fn: Callable, jobs, *, device="auto", workers: int | None = None, p
     for p in procs:
         p.start()
     out: list[Any] = [None] * len(jobs)
+    done = False
     try:
         for i, job in enumerate(jobs):
             tasks.put((i, _to_cpu(job)))
@@ -106,7 +107,12 @@ def run_many(fn: Callable, jobs, *, device="auto", workers: int | None = None, p
             out[i] = value
             bar.update(1)
         bar.close()
+        done = True
     finally:
+        if not done:
+            # Jobs no worker will take may still sit in the queue's pipe; by default the interpreter waits for them
+            # to be written at exit, i.e. forever once the workers are gone: the error would be followed by a hang.
+            tasks.cancel_join_thread()
         # Sentinels only now: a worker must outlive the parent's reading of its results (shared-memory handles).
         for _ in procs:
             tasks.put(None)
@@ -183,7 +189,8 @@ def _next_result(results, procs):
             dead = [p for p in procs if not p.is_alive() and p.exitcode not in (0, None)]
             if dead:
                 raise RuntimeError(f"run_many: a worker process died (exit code {dead[0].exitcode}; a negative code "
-                                   f"is the signal, -9 often the out-of-memory killer)") from None
+                                   f"is the signal, -9 often the out-of-memory killer; 1 at start-up often a script "
+                                   f"without the `if __name__ == \"__main__\":` guard, see fernb.parallel)") from None
 
 
 def _worker(fn, device_name: str, threads: int, tasks, results) -> None:

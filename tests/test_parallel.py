@@ -52,3 +52,23 @@ def test_worker_processes_give_the_sequential_numbers_and_report_failures():
 
     with pytest.raises(RuntimeError, match=r"job 1 \(device='gpu0'\) failed in a worker"):
         parallel.run_many(engine.resolve_device, [{"device": "cpu"}, {"device": "gpu0"}], device="cpu", workers=2)
+
+
+def test_workers_that_die_before_taking_their_jobs_give_an_error_not_a_hang(tmp_path):
+    """A script without the __main__ guard: each spawned worker re-runs it and dies at start-up, leaving jobs too
+    large for the queue's pipe unread. The script must end with run_many's error (the guard named), not wait at
+    exit for the unread jobs to be written (it did: the error printed, then the interpreter hung)."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    script = tmp_path / "no_guard.py"
+    script.write_text("from fernb import engine, parallel\n"
+                      "jobs = [dict(device='cpu' + ' ' * 1_000_000)] * 3      # ~1 MB each: more than a pipe holds\n"
+                      "parallel.run_many(engine.resolve_device, jobs, device='cpu', workers=2)\n")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(script)], cwd=root, capture_output=True, text=True, timeout=150,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode != 0
+    assert "a worker process died" in done.stderr and '__name__ == "__main__"' in done.stderr
