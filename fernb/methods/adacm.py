@@ -79,7 +79,8 @@ from .semisup import SemiSupMethod, StepContext, pseudo_label_loss
 __all__ = ["SCHEDULES", "CODE_VARIANT", "class_thresholds", "margin_schedule", "adaptive_margins",
            "average_probs", "split_subsets", "fixed_threshold_mask", "subset_contrastive_loss", "AdaCM",
            "label_budget", "make_method", "Spec", "RunResult", "labeled_view", "create_model",
-           "classifier_prefix", "run", "run_grid", "select", "summary", "audit", "compare", "ranking"]
+           "classifier_prefix", "run", "run_grid", "select", "summary", "audit", "compare", "ranking",
+           "COLLAPSE_SHARE", "top_class_share", "is_collapsed", "collapse_note"]
 
 SCHEDULES = ("eq2", "eq6", "eq7", "eq8", "fixed")
 # The rules of the authors' code on top of Eq. 1-2: B = 0.97, gamma = e, margin floored at 0.8, reset to the floor
@@ -455,6 +456,12 @@ def top_class_share(confusion) -> float:
     return float(pred.max() / pred.sum())
 
 
+def is_collapsed(run: RunResult, test: str, collapse_share: float = COLLAPSE_SHARE) -> bool:
+    """Whether `run` put at least `collapse_share` of its `test` predictions in one class (False when the run kept
+    no confusion matrix for `test`)."""
+    return "confusion" in run.tests[test] and top_class_share(run.tests[test]["confusion"]) >= collapse_share
+
+
 def summary(results, test: str, metric: str = "accuracy", collapse_share: float = COLLAPSE_SHARE):
     """Mean, std and seeds of `metric` on `test` per row name (first-seen order) as a DataFrame, with `collapsed`:
     the number of a row's seeds whose predictions put at least `collapse_share` of the test images in one class
@@ -464,8 +471,7 @@ def summary(results, test: str, metric: str = "accuracy", collapse_share: float 
     rows, collapsed = {}, {}
     for r in results:
         rows.setdefault(r.name, []).append(r.tests[test][metric])
-        share = top_class_share(r.tests[test]["confusion"]) if "confusion" in r.tests[test] else 0.0
-        collapsed[r.name] = collapsed.get(r.name, 0) + int(share >= collapse_share)
+        collapsed[r.name] = collapsed.get(r.name, 0) + int(is_collapsed(r, test, collapse_share))
     return pd.DataFrame({"mean": {k: float(np.mean(v)) for k, v in rows.items()},
                          "std": {k: float(np.std(v, ddof=1)) if len(v) > 1 else float("nan")
                                  for k, v in rows.items()},
@@ -514,8 +520,7 @@ def compare(results, a: str, b: str, test: str, *, direction: str = ">", metric:
     failed = []
     for name in (a, b):
         runs = [r for r in select(results, name, **where) if seeds is None or r.seed in seeds]
-        bad = [r.seed for r in runs if "confusion" in r.tests[test]
-               and top_class_share(r.tests[test]["confusion"]) >= COLLAPSE_SHARE]
+        bad = [r.seed for r in runs if is_collapsed(r, test)]
         if bad:
             failed.append(f"{name} collapsed onto one class (at least {COLLAPSE_SHARE:.0%} of the test predictions) "
                           f"in seed(s) {bad}")
