@@ -32,7 +32,8 @@ from fernb.methods import pretrain
 from fernb.paths import REPO
 
 WORLD = 2
-RESNET = dict(epochs=6, batch_size=64, lr=1e-2, augment="weak", device="cpu", seed=5, progress=False)
+# 10 epochs: on SynthFER v3 six epochs of 512 images leave resnet_mini near chance (0.19), ten reach 0.39
+RESNET = dict(epochs=10, batch_size=64, lr=1e-2, augment="weak", device="cpu", seed=5, progress=False)
 # SGD, not Adam: Adam divides by sqrt(v), which turns float-rounding differences in tiny gradients into visible
 # weight differences; SGD keeps "the same gradients" testable to float precision.
 PLAIN = dict(epochs=2, batch_size=64, lr=0.05, optimizer="sgd", augment=None, scheduler=None, device="cpu", seed=2,
@@ -198,7 +199,7 @@ def test_ddp_resnet_sees_the_same_samples_and_reaches_the_same_accuracy(ddp_resu
     hist = engine.fit(single, train, **RESNET)
     single_acc = engine.evaluate(single, test, device="cpu")["accuracy"]
     assert ddp_result["world_size"] == 2 and hist.world_size == 1
-    assert ddp_result["samples"] == hist.samples == [512] * 6
+    assert ddp_result["samples"] == hist.samples == [512] * 10
     weights, buffers, accuracies = zip(*ddp_result["checksums"])
     assert len(set(weights)) == 1 and len(set(buffers)) == 1      # both ranks end with the same model
     assert len(set(accuracies)) == 1                               # and measure the same accuracy
@@ -211,7 +212,7 @@ def test_ddp_resnet_sees_the_same_samples_and_reaches_the_same_accuracy(ddp_resu
 def test_ddp_resume_after_a_kill_equals_the_uninterrupted_run(ddp_result):
     assert ddp_result["checkpoint_epoch"] == 1                     # rank 0 wrote it before the kill
     same_losses, epochs = ddp_result["resume_history"]
-    assert same_losses and epochs == [1, 2, 3, 4, 5, 6]
+    assert same_losses and epochs == list(range(1, 11))
     assert ddp_result["same_resume"]
 
 

@@ -84,7 +84,8 @@ def test_face_boxes_enclose_the_rendered_face_tightly(size):
     n = 64
     params = S.sample_params(n, seed=11, identities=torch.arange(n))
     ident = S.identity_table(params["identity"], seed=0)
-    img, boxes, face = S.render(params, ident, size, return_masks=True)
+    img, boxes, masks = S.render(params, ident, size, return_masks=True)
+    face = masks["face"]
     assert img.shape == (n, 3, size, size) and face.shape == (n, size, size) and boxes.shape == (n, 4)
     assert ((face > 0.5).flatten(1).sum(1) > 0.1 * size * size).all()  # every image shows a face
     extent = _mask_extent(face)
@@ -223,3 +224,71 @@ def test_render_face_changes_with_aus_and_is_repeatable():
     assert S.render_face({}, size=64, channels=1).shape == (1, 64, 64)
     turned = S.render_face({}, size=64, yaw_deg=30)
     assert not torch.equal(neutral, turned)
+
+
+def test_prototype_faces_show_each_class_on_the_same_people():
+    ds = S.prototype_faces(3, size=64)
+    assert ds.images.shape == (21, 3, 64, 64) and ds.classes == CLASSES_7
+    assert torch.equal(ds.labels, torch.arange(21) // 3)
+    assert torch.equal(ds.identities[:3], ds.identities[3:6])           # the same three people in every class
+    assert (ds.identities >= S.PROTOTYPE_IDS).all()
+    assert ds.boxes.shape == (21, 4) and (ds.boxes[:, 2] > ds.boxes[:, 0]).all()
+    assert torch.equal(ds.images, S.prototype_faces(3, size=64).images)  # deterministic
+
+
+# ---- the renderer's region masks (Grad-CAM localisation) ---------------------------------------------------------
+def test_region_masks_lie_on_the_face_and_follow_subsets():
+    ds = _small("test", 40)
+    masks = S.region_masks(ds)
+    assert set(masks) == {"face", *S.REGIONS}
+    for name in S.REGIONS:
+        assert masks[name].shape == (40, 48, 48)
+        assert (masks[name] <= masks["face"] + 1e-6).all()             # every region lies on the face
+        assert (masks[name].flatten(1).sum(1) > 0).float().mean() > 0.9  # and shows on (almost) every face
+    # a subset of a relabeled copy redraws the same rows
+    rows = torch.tensor([3, 17, 30])
+    again = S.region_masks(ds.with_labels(torch.zeros(40, dtype=torch.long)).subset(rows))
+    assert torch.equal(again["mouth"], masks["mouth"][rows])
+    assert torch.equal(S.region_masks(ds, rows)["eyes"], masks["eyes"][rows])
+    with pytest.raises(ValueError, match="region masks"):
+        S.region_masks(S.prototype_faces(1, size=48))
+
+
+def test_expression_regions_follow_the_prototype_aus():
+    assert S.class_regions("neutral") == ()
+    assert S.class_regions("happiness") == ("eyes", "cheeks", "mouth")      # AU6 + AU12
+    assert S.class_regions("surprise") == ("brows", "eyes", "mouth")        # AU1 + 2 + 5 + 26
+    assert S.class_regions("disgust") == ("nose", "mouth")                  # AU9 + 10 + 15 + 16
+    masks = {name: torch.zeros(2, 4, 4) for name in ("face", *S.REGIONS)}
+    masks["mouth"][:, 3] = 1
+    masks["eyes"][:, 1] = 1
+    union = S.expression_regions(masks, torch.tensor([0, 1]), CLASSES_7)
+    assert union[0].sum() == 0                                           # neutral: no region
+    assert torch.equal(union[1], masks["mouth"][1] + masks["eyes"][1])   # happiness: eyes and mouth
+
+
+# ---- pose: a yaw turns the face ------------------------------------------------------------------------------------
+def _region_centre_x(mask):
+    xs = torch.arange(mask.shape[-1], dtype=torch.float32)
+    return (mask.sum(-2) * xs).sum(-1) / mask.sum((-2, -1))
+
+
+def test_yaw_turns_the_face_far_half_narrows_and_far_eye_hides():
+    n = 5
+    aus = torch.zeros(n, len(S.AUS))
+    yaws = [0.0, 20.0, 40.0, 60.0, 75.0]
+    widths, shifts = [], []
+    for yaw in yaws:
+        p, ident = S._posed(aus, torch.full((n,), 7), yaw_deg=yaw)
+        _, _, masks = S.render(p, ident, 96, return_masks=True)
+        face, eyes, nose = masks["face"][0], masks["eyes"][0], masks["nose"][0]
+        mid = float(_region_centre_x(nose))
+        shifts.append(mid - 48.0)
+        split = int(round(mid))                                  # each eye on its side of the nose
+        left, right = eyes[:, :split].sum(), eyes[:, split:].sum()   # the far eye is on the right for a positive yaw
+        widths.append((float(left), float(right)))
+    assert shifts[0] == pytest.approx(0, abs=0.5)                # frontal: the nose on the midline
+    assert all(b > a for a, b in zip(shifts, shifts[1:]))        # it moves toward the far side as the head turns
+    near, far = zip(*widths)
+    assert far[1] < near[1] and far[2] < 0.8 * near[2]           # the far eye foreshortens ...
+    assert far[-1] < 0.2 * far[0]                                # ... and all but disappears at 75 degrees

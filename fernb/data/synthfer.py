@@ -36,12 +36,14 @@ from torch.nn import functional as F
 from .dataset import UNLABELED, FERDataset
 from .labels import CLASSES_8, classes as class_names
 
-VERSION = 2  # bump when rendering changes, so caches are rebuilt
+VERSION = 3  # bump when rendering changes, so caches are rebuilt
+RESPONSE = 0.6  # visible movement = intensity ** RESPONSE (see `render`)
 
-AUS = ("1", "2", "4", "5", "6", "7", "9", "12", "12L", "14", "14L", "15", "16", "20", "23", "26")
+AUS = ("1", "2", "4", "5", "6", "7", "9", "10", "12", "12L", "14", "14L", "15", "16", "20", "23", "26")
 AU_NAMES = {
     "1": "inner brow raiser", "2": "outer brow raiser", "4": "brow lowerer", "5": "upper lid raiser",
-    "6": "cheek raiser", "7": "lid tightener", "9": "nose wrinkler", "12": "lip corner puller",
+    "6": "cheek raiser", "7": "lid tightener", "9": "nose wrinkler", "10": "upper lip raiser",
+    "12": "lip corner puller",
     "12L": "lip corner puller (left only)", "14": "dimpler", "14L": "dimpler (left only)",
     "15": "lip corner depressor", "16": "lower lip depressor", "20": "lip stretcher", "23": "lip tightener",
     "26": "jaw drop",
@@ -52,11 +54,34 @@ PROTOTYPES = {
     "sadness": ("1", "4", "15"),
     "surprise": ("1", "2", "5", "26"),
     "fear": ("1", "2", "4", "5", "7", "20", "26"),
-    "disgust": ("9", "15", "16"),
+    "disgust": ("9", "10", "15", "16"),
     "anger": ("4", "5", "7", "23"),
     "contempt": ("12L", "14L"),
 }
 _A = {name: i for i, name in enumerate(AUS)}
+
+# Where on the face each AU acts: the renderer draws a mask per region (`render(..., return_masks=True)`,
+# `region_masks`), so an attention map can be scored against the places that carry a face's expression.
+REGIONS = ("brows", "eyes", "nose", "cheeks", "mouth")
+AU_REGIONS = {"1": ("brows",), "2": ("brows",), "4": ("brows",), "5": ("eyes",), "6": ("eyes", "cheeks"),
+              "7": ("eyes",), "9": ("nose",), "10": ("mouth",), "12": ("mouth",), "12L": ("mouth",),
+              "14": ("mouth",), "14L": ("mouth",), "15": ("mouth",), "16": ("mouth",), "20": ("mouth",),
+              "23": ("mouth",), "26": ("mouth",)}
+
+
+def class_regions(name: str) -> tuple[str, ...]:
+    """The face regions the AUs of class `name`'s prototype act on (none for neutral)."""
+    return tuple(r for r in REGIONS if any(r in AU_REGIONS[au] for au in PROTOTYPES[name]))
+
+
+def expression_regions(masks: dict, labels: torch.Tensor, classes) -> torch.Tensor:
+    """(N, H, W) union of the region masks of each face's class (`class_regions`); all zero for neutral."""
+    out = torch.zeros_like(masks["face"])
+    for c, name in enumerate(classes):
+        rows = (labels == c).nonzero().flatten()
+        for region in class_regions(name):
+            out[rows] = torch.maximum(out[rows], masks[region][rows])
+    return out
 
 
 def prototype_matrix(num_classes: int = 8) -> torch.Tensor:
@@ -73,11 +98,11 @@ def prototype_matrix(num_classes: int = 8) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SynthConfig:
-    intensity: tuple = (0.45, 1.0)      # expression intensity, uniform
-    au_jitter: float = 0.3              # each active AU x U(1 - j, 1 + j/2)
+    intensity: tuple = (0.5, 1.0)       # expression intensity, uniform
+    au_jitter: float = 0.2              # each active AU x U(1 - j, 1 + j/2)
     leak_prob: float = 0.25             # each inactive AU leaks in with this probability ...
-    leak_max: float = 0.2               # ... at intensity U(0, leak_max)
-    resting: float = 0.2                # identity's resting AU offsets up to this
+    leak_max: float = 0.15              # ... at intensity U(0, leak_max)
+    resting: float = 0.4                # identity's resting AU offsets up to this
     blend_prob: float = 0.15            # probability of a two-expression blend
     blend_weight: tuple = (0.2, 0.45)   # weight of the secondary expression
     yaw_deg: float = 15.0               # std of yaw, clipped to 2.2 std
@@ -86,9 +111,9 @@ class SynthConfig:
     shift: float = 0.07                 # max translation (fraction of half image)
     light: float = 0.45                 # strength of a directional light gradient
     brightness: tuple = (0.75, 1.15)
-    blur_prob: float = 0.2              # probability of Gaussian blur (sigma in px at 64 px, scaled with size)
+    blur_prob: float = 0.1              # probability of Gaussian blur (sigma in px at 64 px, scaled with size)
     blur_sigma: tuple = (0.5, 1.3)
-    noise_std: tuple = (0.0, 0.05)
+    noise_std: tuple = (0.0, 0.03)
     occlusion_prob: float = 0.15
     glasses_prob: float = 0.2
     skin: tuple = (0.15, 1.0)           # skin-tone range on the palette axis (dark .. light)
@@ -116,7 +141,7 @@ def _u(g, n, lo, hi):
 # ---------------------------------------------------------------------------------------------------------------
 # Identities
 # ---------------------------------------------------------------------------------------------------------------
-_SKIN_DARK = torch.tensor([0.32, 0.20, 0.14])
+_SKIN_DARK = torch.tensor([0.40, 0.26, 0.18])
 _SKIN_LIGHT = torch.tensor([0.98, 0.84, 0.74])
 _HAIR = torch.tensor([[0.08, 0.06, 0.05], [0.30, 0.18, 0.10], [0.55, 0.38, 0.20], [0.85, 0.72, 0.45],
                       [0.55, 0.55, 0.55], [0.50, 0.16, 0.08]])
@@ -133,27 +158,30 @@ def identity_table(ids: torch.Tensor, seed: int, cfg: SynthConfig = DEFAULT) -> 
         rows.append(r)
     r = torch.stack(rows) if rows else torch.zeros(0, 32)
     lerp = lambda k, lo, hi: lo + (hi - lo) * r[:, k]
-    out["face_a"] = lerp(0, 0.56, 0.68)
-    out["face_b"] = lerp(1, 0.74, 0.86)
-    out["jaw"] = lerp(2, 0.05, 0.30)
-    out["eye_x"] = lerp(3, 0.23, 0.30)
-    out["eye_y"] = lerp(4, -0.16, -0.08)
-    out["eye_w"] = lerp(5, 0.095, 0.13)
-    out["eye_h"] = lerp(6, 0.040, 0.062)
-    out["brow_gap"] = lerp(7, 0.10, 0.15)
-    out["brow_thick"] = lerp(8, 0.018, 0.034)
-    out["nose_len"] = lerp(9, 0.17, 0.26)
-    out["nose_w"] = lerp(10, 0.045, 0.075)
-    out["mouth_y"] = lerp(11, 0.38, 0.48)
-    out["mouth_w"] = lerp(12, 0.16, 0.23)
-    out["lip"] = lerp(13, 0.022, 0.045)
+    out["face_a"] = lerp(0, 0.56, 0.66)
+    out["face_b"] = lerp(1, 0.76, 0.86)
+    out["face_c"] = out["face_a"] * lerp(25, 0.95, 1.15)   # depth of the head's front half
+    out["jaw"] = lerp(2, 0.10, 0.35)
+    out["eye_x"] = lerp(3, 0.24, 0.29)
+    out["eye_y"] = lerp(4, -0.14, -0.06)
+    out["eye_w"] = lerp(5, 0.105, 0.13)
+    out["eye_h"] = lerp(6, 0.045, 0.06)
+    out["brow_gap"] = lerp(7, 0.09, 0.13)
+    out["brow_thick"] = lerp(8, 0.02, 0.032)
+    out["brow_arch"] = lerp(26, 0.0, 0.03)
+    out["nose_len"] = lerp(9, 0.24, 0.31)
+    out["nose_w"] = lerp(10, 0.05, 0.07)
+    out["mouth_y"] = lerp(11, 0.36, 0.44)
+    out["mouth_w"] = lerp(12, 0.19, 0.24)
+    out["lip"] = lerp(13, 0.032, 0.05)
+    out["lip_ratio"] = lerp(27, 1.1, 1.5)
     tone = lerp(14, cfg.skin[0], cfg.skin[1])
     out["skin"] = _SKIN_DARK + (_SKIN_LIGHT - _SKIN_DARK) * tone[:, None]
     out["hair_color"] = _HAIR[(r[:, 15] * len(_HAIR)).long().clamp(max=len(_HAIR) - 1)]
     out["hair_style"] = (r[:, 16] * 4).long().clamp(max=3)          # 0 bald, 1 short, 2 long, 3 fringe
     out["iris"] = _IRIS[(r[:, 17] * len(_IRIS)).long().clamp(max=len(_IRIS) - 1)]
     out["glasses"] = r[:, 18] < cfg.glasses_prob
-    out["lip_color"] = out["skin"] * torch.tensor([0.85, 0.55, 0.55]) + torch.tensor([0.12, 0.0, 0.02])
+    out["lip_color"] = out["skin"] * torch.tensor([0.86, 0.6, 0.6]) + torch.tensor([0.08, 0.0, 0.02])
     rest = torch.zeros(len(r), len(AUS))
     # resting face: a slight AU4 (frown), AU15 (down-turned mouth) or AU12 (smiley) for some identities
     rest[:, _A["4"]] = torch.where(r[:, 19] < 0.3, r[:, 20] * cfg.resting, torch.zeros(()))
@@ -261,10 +289,23 @@ def _gaussian_blur(img, sigma_px):
     return out
 
 
+def _bump(d, w):
+    """A smooth bump: 1 at d = 0 falling to 0 at |d| = w (a cheap stand-in for a Gaussian)."""
+    return (1 - (d / w) ** 2).clamp_(min=0)
+
+
 def render(params: dict, ident: dict, size: int = 64, return_masks: bool = False):
     """Render images for `params` (from `sample_params`) with identity rows `ident` aligned to the images.
 
-    Returns (images float (N, 3, H, W) in [0, 1], boxes (N, 4) pixels x0 y0 x1 y1[, face masks (N, H, W)]).
+    Returns (images float (N, 3, H, W) in [0, 1], boxes (N, 4) pixels x0 y0 x1 y1[, masks]) where masks is a dict of
+    (N, H, W) float maps in [0, 1]: "face" (the skin of the face, the box's extent) and one per facial region of
+    `REGIONS` ("brows", "eyes", "nose", "cheeks", "mouth"), the places the action units of `AU_REGIONS` act on.
+
+    Geometry: each horizontal slice of the head is an ellipse (half-width w(Y), half-depth d(Y)); a yaw turns the
+    slices, and each pixel is mapped back to the face-frame point it shows (closed form), so the far half narrows,
+    features shift toward it and slide out of view past the silhouette. The nose stands off the surface and moves
+    more than the cheeks beneath it. Shading: Lambert on the head's normals under a key light, then per-feature
+    shadows and highlights (sockets, folds, wrinkles), then the painted parts (brows, eyes, lips, teeth).
     """
     n = params["label"].shape[0]
     H = W = size
@@ -272,156 +313,212 @@ def render(params: dict, ident: dict, size: int = 64, return_masks: bool = False
     lin = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1
     gy, gx = lin.view(1, H, 1), lin.view(1, 1, W)
     v = lambda t: t.view(n, 1, 1)
-    au = {name: v(params["aus"][:, i] + ident["resting"][:, i]).clamp(0, 1) for i, name in enumerate(AUS)}
+    # the visible change grows fastest at low intensity and saturates (FACS's A-E scale is not linear in
+    # appearance): a concave response, so a half-intensity AU already shows about two thirds of its movement
+    au = {name: v(params["aus"][:, i] + ident["resting"][:, i]).clamp(0, 1) ** RESPONSE for i, name in enumerate(AUS)}
     s, roll = v(params["scale"]), v(params["roll"])
     cos_r, sin_r = torch.cos(roll), torch.sin(roll)
     px, py = gx - v(params["tx"]), gy - v(params["ty"])
-    # face coordinates: undo translation, roll and scale
-    X = (cos_r * px + sin_r * py) / s
+    # head frame: undo translation, roll and scale
+    X0 = (cos_r * px + sin_r * py) / s
     Y = (-sin_r * px + cos_r * py) / s
     yaw = v(params["yaw"])
     cy, sy = torch.cos(yaw), torch.sin(yaw)
-    a = v(ident["face_a"]) * (0.86 + 0.14 * cy)
-    b = v(ident["face_b"])
-    jaw = v(ident["jaw"])
+    a, b, depth, jaw = v(ident["face_a"]), v(ident["face_b"]), v(ident["face_c"]), v(ident["jaw"])
 
-    # background: a vertical two-colour gradient
-    t = (gy + 1) / 2
-    img = params["bg"][:, :, None, None] * (1 - t.unsqueeze(1)) + params["bg2"][:, :, None, None] * t.unsqueeze(1)
+    # ---- the head: slices of half-width w and half-depth d, turned by the yaw ------------------------------------
+    drop = 0.09 * au["26"] + 0.03 * au["16"]       # a dropped jaw lengthens the lower face
+    Yn = torch.where(Y > 0, Y / (b + drop), Y / b)
+    rr = (1 - Yn * Yn).clamp(min=1e-4).sqrt()
+    taper = 1 - jaw * Yn.clamp(min=0) ** 2
+    w, d = a * taper * rr, depth * rr
+    R0 = torch.sqrt((a * taper * cy) ** 2 + (depth * sy) ** 2)   # silhouette half-width per unit rr
+    u = (X0 / (R0 * rr)).clamp(-1, 1)              # sin of the slice angle seen at this pixel
+    phi = torch.asin(u) - torch.atan2(depth * sy, a * taper * cy)
+    X = w * torch.sin(phi)                         # face-frame x (equals X0 for a frontal face)
+    head_d = (torch.sqrt((X0 / R0) ** 2 + Yn * Yn) - 1) * torch.minimum(a, b)
+    head = _ramp(head_d, soft)
+    AX = X.abs()
+    left = (X < 0).float()                         # image-left is the subject's right; "L" AUs act on X < 0
+    au12 = au["12"] + au["12L"] * left
+    au14 = au["14"] + au["14L"] * left
+
+    # Lambert shading of the head under a key light from the front and above (its side swings with light_angle)
+    la, lk = v(params["light_angle"]), v(params["light"])
+    lx, ly = 0.9 * lk * torch.cos(la), -0.45 + 0.5 * lk * torch.sin(la)
+    nx, ny = u * rr, Yn * 0.85
+    nz = (1 - nx * nx - ny * ny).clamp(min=0).sqrt()
+    lambert = ((nx * lx + ny * ly + nz) / torch.sqrt(lx * lx + ly * ly + 1)).clamp(min=0)
+    tone = 0.5 + 0.52 * lambert                    # multiplies the skin colour; features add to it below
+
+    ex, ey, ew, eh = v(ident["eye_x"]), v(ident["eye_y"]), v(ident["eye_w"]), v(ident["eye_h"])
+    fy = Y - ey                                    # height relative to the eye line (down is +)
+    dxe = AX - ex
+
+    # ---- forehead and brows ----------------------------------------------------------------------------------
+    # horizontal forehead lines: AU1 in the middle, AU2 at the sides
+    lines_k = 0.3 * (au["1"] * _bump(AX, 0.3) + au["2"] * _bump(AX - 0.24, 0.2))
+    wave = (torch.cos((fy + 0.36 + 0.25 * X * X) * (2 * math.pi / 0.06)) - 0.3).clamp(min=0)
+    tone = tone - lines_k * _bump(fy + 0.36, 0.12) * wave
+    # AU4: vertical furrows between the brows; AU9 adds a crease across the nose root
+    # (FACS: AU4 bunches the skin between the brows into vertical furrows and may crease the root of the nose)
+    tone = tone - 0.55 * (au["4"] + 0.5 * au["9"]).clamp(max=1) * _bump(fy + 0.12, 0.085) * _bump(
+        AX - 0.035 + 0.012 * au["4"], 0.017)
+    tone = tone - (0.3 * au["9"] + 0.2 * au["4"]) * _bump(fy + 0.03, 0.014) * _bump(AX, 0.065)
+    # the brows: inner end raised by AU1, outer by AU2, lowered and pulled together by AU4 (and AU9)
+    gap = v(ident["brow_gap"])
+    x_in = gap - 0.05 * au["4"] - 0.04 * au["9"]
+    x_out = gap + 0.22
+    # (AU1 with AU4 lifts the inner end while AU4 draws it in: the oblique brow of sadness, the flat raised brow
+    # of fear; AU4 alone gives the V of anger)
+    y_in = ey - 0.135 - 0.09 * au["1"] + 0.085 * au["4"] * (1 - 0.5 * au["1"]) + 0.075 * au["9"]
+    y_out = (ey - 0.13 - 0.095 * au["2"] + 0.04 * au["4"] * (1 - 0.4 * torch.maximum(au["1"], au["2"]))
+             + 0.025 * au["9"] + 0.02 * au["1"] * (1 - au["2"]))
+    arch = (v(ident["brow_arch"]) + 0.04 * au["2"] - 0.045 * au["4"] - 0.02 * au["1"] * (1 - au["2"])).clamp(min=-0.01)
+    span = x_out - x_in
+    t = (AX - x_in) / span
+    tc = t.clamp(0, 1)
+    yb = y_in + (y_out - y_in) * tc - arch * 4 * tc * (1 - tc)
+    thick = v(ident["brow_thick"]) * (1.3 - 0.7 * tc) * (1 + 0.25 * au["4"])
+    brow = _ramp((Y - yb).abs() - thick, soft * 1.3) * _ramp(torch.maximum(-t, t - 1) * span, soft * 1.5)
+    # the brow ridge casts a shadow into the eye socket: deeper under lowered brows, lighter when they rise
+    socket = (1 - (dxe / (ew * 1.65)) ** 2 - ((fy + 0.03) / 0.095) ** 2).clamp(min=0)
+    tone = tone - socket * (0.2 + 0.3 * au["4"] + 0.14 * au["9"] - 0.06 * (au["1"] + au["2"]) - 0.06 * au["5"])
+
+    # ---- eyes: almond opening between two lids; AU5 raises the upper lid, AU7 and AU6 raise the lower one ------------
+    xi = dxe / ew
+    prof = (1 - xi * xi).clamp(min=0)
+    # lowered brows (AU4 without AU1/AU2 lifting them) press on the lid: AU5 then bares less of the eye (a glare)
+    press = au["4"] * (1 - torch.maximum(au["1"], au["2"]))
+    # (AU9 pulls the cheeks up too: FACS lists the narrowed eye aperture among its signs)
+    h_top = eh * (1 + 1.05 * au["5"] * (1 - 0.75 * press) - 0.4 * au["7"] - 0.45 * au["6"] - 0.55 * au["9"]
+                  - 0.3 * press).clamp(min=0.12)
+    h_bot = eh * 0.55 * (1 + 0.3 * au["5"] - 1.0 * au["7"] - 0.8 * au["6"] - 1.0 * au["9"]).clamp(min=0.12)
+    # AU1 with AU4 (no AU2/AU5) lifts the inner corner of the upper lid and lets the outer part sag: the slanted,
+    # triangular lid of sadness (Ekman and Friesen, Unmasking the Face)
+    slant = au["1"] * au["4"] * (1 - torch.maximum(au["2"], au["5"]))
+    top = -h_top * prof.sqrt() * (1 + 0.1 * xi) * (1 - 0.3 * slant * (xi + 0.3).clamp(min=0))
+    bot = h_bot * prof
+    eye = _ramp(top - fy, soft * 0.7) * _ramp(fy - bot, soft * 0.7) * (prof > 0).float() * head
+    # upper-lid crease (smoothed away as AU5 retracts the lid), lower-lid line, and the fold under the eye
+    # that AU6 and AU7 raise
+    tone = tone - 0.22 * (1 - au["5"]) * _bump(fy - top + 0.03, 0.011) * prof
+    tone = tone - (0.08 + 0.22 * au["6"] + 0.12 * au["7"] + 0.18 * au["9"]) * _bump(fy - bot - 0.045, 0.015) * _bump(xi, 1.15)
+    # crow's feet fan out from the outer corner with AU6
+    tone = tone - 0.35 * au["6"] * _bump(xi - 1.35, 0.3) * _bump(fy, 0.07) * (
+        torch.cos((fy - 0.25 * (xi - 1)) * (2 * math.pi / 0.035)).clamp(min=0))
+    iris_r = 0.04 * (0.8 + 4 * eh)
+    ir2 = dxe * dxe + (fy - 0.004) ** 2
+    lashes = _ramp((fy - top).abs() - 0.009 - 0.005 * (xi > 0).float(), soft) * _ramp(xi.abs() - 1.1, soft)
+
+    # ---- nose: it stands off the face, so under yaw it moves more than the cheeks beneath it ------------------------
+    tip_y = ey + v(ident["nose_len"]) - 0.025 * au["9"] - 0.012 * au["10"]
+    nw = v(ident["nose_w"]) * (1 + 0.3 * au["9"] + 0.15 * au["10"])
+    along = fy / (tip_y - ey)                      # 0 at the root, 1 at the tip
+    Xn = X - (0.04 + 0.13 * along.clamp(0, 1)) * sy
+    ANX = Xn.abs()
+    flank = _bump(ANX - 0.035 - 0.035 * along, 0.03) * _bump(along - 0.55, 0.6)
+    tone = tone - 0.2 * flank * (1 + 0.7 * torch.sign(Xn) * sy)
+    tone = tone + 0.1 * _bump(Xn, 0.022) * _bump(along - 0.5, 0.45)              # lit bridge
+    dyt = Y - tip_y
+    tone = tone + 0.08 * (1 - (Xn / (nw * 0.8)) ** 2 - ((dyt + 0.035) / 0.04) ** 2).clamp(min=0)   # lit tip
+    wing = torch.sqrt(((ANX - nw) / 0.042) ** 2 + ((dyt + 0.005) / 0.036) ** 2)
+    tone = tone - 0.3 * _bump(wing - 1, 0.3)                                       # alar crease
+    tone = tone - 0.28 * _bump(Xn, nw * 1.1) * _bump(dyt - 0.025, 0.02)           # shadow under the nose
+    nostril = _ramp((torch.sqrt(((ANX - nw * 0.55) / 0.027) ** 2 + ((dyt - 0.006) / 0.013) ** 2) - 1) * 0.013, soft)
+    # AU9 wrinkles the bridge
+    tone = tone - 0.45 * au["9"] * _bump(Xn, 0.07) * _bump(fy - 0.09, 0.06) * (
+        torch.cos((fy - 0.03 * ANX / 0.07) * (2 * math.pi / 0.03)).clamp(min=0))
+
+    # ---- mouth ----------------------------------------------------------------------------------------------------
+    my = v(ident["mouth_y"])
+    mw = v(ident["mouth_w"]) * (1 + 0.22 * au12 + 0.4 * au["20"] - 0.3 * au["23"] - 0.1 * au14 - 0.1 * au["10"])
+    tm = X / mw
+    t2 = tm * tm
+    inside_x = _ramp((tm.abs() - 1) * mw, soft)
+    corner = 0.09 * au["15"] + 0.04 * au["20"] + 0.015 * au["16"] - 0.1 * au12 - 0.03 * au14
+    line = my + corner * (0.35 * t2 + 0.65 * t2 * t2)
+    round_ = (1 - t2).clamp(min=0).sqrt()
+    flat = (1 - t2 * t2).clamp(min=0).sqrt()
+    squeeze = (1 - 0.75 * au["23"]) * (1 - 0.5 * au["20"])         # AU20 stretches the opening flat
+    # AU10 draws the centre of the upper lip straight up and its outer parts less (an angular upper lip); AU16
+    # pulls the lower lip down, most in its middle: lips parted in the centre while the corners stay closed
+    tri = (1 - tm.abs()).clamp(min=0)
+    peak = tri * (2 - tri)
+    low_open = ((0.15 * au["26"] + 0.015 * au12 + 0.035 * au12 * au["6"]) * (round_ + (flat - round_) * au["20"])
+                + 0.045 * au["16"] * peak + 0.02 * au["20"] * flat) * squeeze
+    up_open = (0.05 * au["10"] * peak + 0.025 * au12 * au["6"] * round_ + 0.012 * au["26"] * round_) * squeeze
+    top_o, bot_o = line - up_open, line + low_open
+    lip = v(ident["lip"]) * (1 - 0.65 * au["23"]) * (1 - 0.35 * au["20"]) * (1 - 0.3 * au12)
+    lip_up = lip * (1 - 0.3 * t2) * (1 - 0.3 * _bump(tm, 0.18)) * (1 - 0.3 * au["10"])   # cupid's bow dips
+    lip_low = lip * v(ident["lip_ratio"]) * (1 - 0.5 * t2)
+    lips = inside_x * _ramp(top_o - lip_up - Y, soft) * _ramp(Y - bot_o - lip_low, soft)
+    hole = inside_x * _ramp(top_o - Y, soft * 0.8) * _ramp(Y - bot_o, soft * 0.8) * (up_open + low_open > 0.004).float()
+    teeth_up = hole * _ramp(Y - top_o - 0.04, soft) * (au["10"] + au12 + 0.6 * au["20"]).clamp(max=1)
+    teeth_low = hole * _ramp(bot_o - 0.032 - Y, soft) * (au["16"] + 0.8 * au["20"] + 0.3 * au["10"]).clamp(max=1)
+    seam = inside_x * _bump(Y - line, 0.011) * (1 - hole)
+    dlow = Y - bot_o - lip_low
+    tone = tone - (0.16 + 0.15 * au["23"] + 0.1 * au["15"]) * _bump(dlow - 0.03, 0.022) * _bump(tm, 0.9)
+    tone = tone - 0.07 * _bump(ANX - 0.028, 0.012) * _bump(Y - (tip_y + top_o - lip_up) / 2, 0.04)   # philtrum
+    # nasolabial folds from the nose wings to beyond the mouth corners: AU12, AU9, AU10 and AU6 deepen them
+    y0, y1 = tip_y - 0.015, my + corner + 0.035
+    sf = (Y - y0) / (y1 - y0 - 0.02 * (au["9"] + au["10"]).clamp(max=1))   # AU9/AU10 lift its lower end
+    xf = nw + 0.035 + (mw + 0.03 - nw - 0.035) * sf + 0.08 * sf * (1 - sf)
+    fold_depth = 0.08 + 0.25 * au12 + 0.15 * au["9"] + 0.15 * au["10"] + 0.1 * au["6"] + 0.08 * au["20"]
+    span_f = _bump(sf - 0.5, 0.55)
+    tone = tone - fold_depth * _bump(AX - xf + 0.006, 0.022) * span_f
+    tone = tone + 0.4 * fold_depth * _bump(AX - xf - 0.03, 0.025) * span_f          # the cheek bulges beside it
+    tone = tone + (0.08 * au["6"] + 0.04 * au12 + 0.05 * au["9"]) * (1 - ((AX - ex - 0.02) / 0.13) ** 2 - ((fy - 0.2) / 0.09) ** 2).clamp(min=0)
+    # AU15 draws lines down from the corners; AU14 a dimple beside them
+    sm = (Y - my - corner) / 0.13
+    tone = tone - 0.35 * au["15"] * _bump(AX - mw - 0.03 * sm, 0.014) * _bump(sm - 0.5, 0.5)
+    tone = tone - 0.45 * au14 * _bump(torch.sqrt((AX - mw - 0.022) ** 2 + (Y - my - corner) ** 2), 0.02)
+    tone = tone + 0.06 * (1 - (X / 0.15) ** 2 - ((Yn - 0.8) / 0.12) ** 2).clamp(min=0)   # lit chin
+
+    # ---- compose: background, hair behind, neck, skin, painted parts, hair in front, glasses --------------------
+    t_bg = ((gy + 1) / 2).unsqueeze(1)
+    img = params["bg"][:, :, None, None] * (1 - t_bg) + params["bg2"][:, :, None, None] * t_bg
     img = img.expand(n, 3, H, W).contiguous()
-
-    face_shift = 0.10 * sy                          # the outline moves less than the features under yaw
-    Xf = X - face_shift
-    a_eff = a * (1 - jaw * (Y.clamp(min=0) / b) ** 2)
-    face_d = (torch.sqrt((Xf / a_eff) ** 2 + (Y / b) ** 2) - 1) * torch.minimum(a, b)
-
     style = ident["hair_style"]
     hair_color = ident["hair_color"]
-    # hair behind the face (long hair reaches below the ears)
     has_hair = v((style > 0).float())
     long_hair = v((style == 2).float())
-    hair_d = (torch.sqrt((Xf / (a * 1.14)) ** 2 + ((Y + 0.07) / (b * 1.07)) ** 2) - 1) * a
-    hair_region = _ramp(hair_d, soft) * _ramp(Y - (-0.15 + 0.75 * long_hair), soft) * has_hair
-    img = _blend(img, hair_region, hair_color)
-
-    face = _ramp(face_d, soft)
+    hair_d = (torch.sqrt((X0 / (R0 * 1.1 + 0.02)) ** 2 + ((Y + 0.08) / (b * 1.08)) ** 2) - 1) * a
+    hair_back = _ramp(hair_d, soft) * _ramp(Y - (0.05 + 0.7 * long_hair), soft) * has_hair
+    img = _blend(img, hair_back, hair_color * 0.8)
+    neck = _ramp(X0.abs() - 0.55 * a, soft) * _ramp(-Y + 0.45 * b, soft)
     skin = ident["skin"]
-    img = _blend(img, face, skin)
+    img = _blend(img, neck, skin * 0.62)
+    img = _blend(img, head, torch.zeros_like(skin))
+    img = img + head.unsqueeze(1) * skin[:, :, None, None] * tone.clamp(0.05, 1.25).unsqueeze(1)
+    img = _blend(img, brow * 0.9 * head, hair_color * 0.55 + 0.04)
+    # the white of the eye, shadowed by the upper lid
+    img = _blend(img, eye, torch.full_like(skin, 0.74))
+    img = img - (eye * 0.3 * _bump(fy - top, 0.03)).unsqueeze(1) * img
+    img = _blend(img, eye * _ramp(ir2.sqrt() - iris_r, soft), ident["iris"])
+    img = _blend(img, eye * _ramp(ir2.sqrt() - iris_r * 0.45, soft), torch.full_like(skin, 0.04))
+    img = _blend(img, eye * _ramp(torch.sqrt((dxe + 0.01) ** 2 + (fy + 0.008) ** 2) - 0.006, soft) * 0.8,
+                 torch.full_like(skin, 0.95))                                       # catch-light
+    img = _blend(img, lashes * head, torch.full_like(skin, 0.07))
+    img = _blend(img, nostril * head, skin * 0.22)
+    img = _blend(img, lips * head, ident["lip_color"])
+    img = _blend(img, seam * 0.85 * head, ident["lip_color"] * 0.35)
+    img = _blend(img, hole * head, torch.full_like(skin, 0.08))
+    img = _blend(img, (teeth_up + teeth_low).clamp(max=1) * head, torch.full_like(skin, 0.88))
+    # hair in front: the hairline (receding at the temples), a fringe, and the side of the head above the ear
+    side = _ramp(1.25 - phi.abs(), 0.05) * _ramp(fy - 0.08, soft)           # above the ear; long hair falls behind
+    hairline = _ramp(Y - (-b * 0.6 + 0.12 * (X / a) ** 2), soft) * v(((style == 1) | (style == 2)).float())
+    fringe = _ramp(Y - (-b * 0.4 + 0.06 * (X / a) ** 2), soft) * v((style == 3).float())
+    img = _blend(img, torch.maximum(torch.maximum(hairline, fringe), side * has_hair) * head, hair_color)
+    # glasses: two rings and a bridge, on the face (they turn with it)
+    gl = v(ident["glasses"].float()) * head
+    rd = torch.sqrt((dxe / (ew * 1.4)) ** 2 + (fy / 0.09) ** 2)
+    img = _blend(img, _ramp((rd - 1).abs() * 0.08 - 0.006, soft) * gl, torch.full_like(skin, 0.1))
+    img = _blend(img, _ramp((fy + 0.02).abs() - 0.007, soft) * _ramp(AX - ex + ew * 1.35, soft) * gl,
+                 torch.full_like(skin, 0.1))
 
-    dark = lambda k: skin * k
-    # features move with yaw by their depth in front of the face's vertical axis
-    fx = lambda x0, depth: x0 * cy + depth * sy
-    ex, ey = v(ident["eye_x"]), v(ident["eye_y"])
-    ew, eh0 = v(ident["eye_w"]) * cy, v(ident["eye_h"])
-
-    # forehead lines (AU1 + AU2) and the vertical frown lines between the brows (AU4)
-    fl = (au["1"] + au["2"]) / 2
-    for k, yy in enumerate((-0.40, -0.48)):
-        d = _segment_dist(X, Y, fx(-0.22, 0.3), ey + yy + 0.02 * k, fx(0.22, 0.3), ey + yy + 0.02 * k)
-        img = _blend(img, _ramp(d - 0.008, soft) * face * fl * 0.8, dark(0.55))
-    for side in (-1, 1):
-        d = _segment_dist(X, Y, fx(side * 0.035, 0.35), ey - 0.16, fx(side * 0.03, 0.35), ey - 0.06)
-        img = _blend(img, _ramp(d - 0.008, soft) * face * au["4"] * 0.9, dark(0.5))
-
-    # brows: inner end raised by AU1, outer by AU2, both lowered (and pulled together) by AU4 and AU9
-    gap = v(ident["brow_gap"])
-    thick = v(ident["brow_thick"])
-    lower = 0.07 * au["4"] + 0.035 * au["9"]
-    for side in (-1, 1):
-        inner_x = side * (gap - 0.035 * au["4"])
-        outer_x = side * (gap + 0.2)
-        inner_y = ey - 0.12 - 0.085 * au["1"] + lower + 0.02 * au["4"]
-        outer_y = ey - 0.13 - 0.075 * au["2"] + lower * 0.6 + 0.03 * au["1"] * (1 - au["2"])
-        d = _segment_dist(X, Y, fx(inner_x, 0.3), inner_y, fx(outer_x, 0.25), outer_y)
-        img = _blend(img, _ramp(d - thick, soft) * face, hair_color * 0.8)
-
-    # eyes: opening raised by AU5, narrowed by AU7 (lid tightener) and AU6 (cheek raiser, lower lid up)
-    opening = eh0 * (1 + 1.0 * au["5"] - 0.5 * au["7"] - 0.45 * au["6"] - 0.25 * au["9"]).clamp(min=0.15)
-    lower_lift = 0.35 * au["6"] + 0.2 * au["7"]
-    iris = ident["iris"]
-    for side in (-1, 1):
-        cx = fx(side * ex, 0.25)
-        w = ew * (1 - 0.25 * sy * side)
-        dy = Y - ey
-        top = opening * (1 + 0.25 * au["5"])
-        bottom = opening * (1 - lower_lift)
-        hh = torch.where(dy < 0, top, bottom)
-        ed = (torch.sqrt(((X - cx) / w) ** 2 + (dy / hh) ** 2) - 1) * hh
-        eye = _ramp(ed, soft * 0.8) * face
-        img = _blend(img, eye, torch.full_like(skin, 0.95))
-        ir = torch.sqrt((X - cx - 0.02 * sy) ** 2 + dy ** 2)
-        img = _blend(img, eye * _ramp(ir - 0.048 * cy.clamp(min=0.8), soft), iris)
-        img = _blend(img, eye * _ramp(ir - 0.02, soft), torch.full_like(skin, 0.05))
-        # lash line along the upper lid
-        lash = _ramp((torch.sqrt(((X - cx) / w) ** 2 + (dy / hh) ** 2) - 1).abs() * hh - 0.006, soft)
-        img = _blend(img, lash * face * (dy < 0.01).float(), torch.full_like(skin, 0.08))
-        # cheek raise (AU6): a shaded bulge under the eye
-        cd = torch.sqrt(((X - cx) / (w * 1.1)) ** 2 + ((Y - ey - 0.13) / 0.06) ** 2) - 1
-        img = _blend(img, _ramp(cd * 0.06, soft * 3) * face * au["6"] * 0.5, dark(0.78))
-
-    # nose: bridge shading, tip and nostrils; AU9 wrinkles the bridge and flares/raises the nostrils
-    nl = v(ident["nose_len"])
-    nw = v(ident["nose_w"]) * (1 + 0.35 * au["9"])
-    tip_y = ey + nl - 0.03 * au["9"]
-    d = _segment_dist(X, Y, fx(0.0, 0.45), ey + 0.05, fx(0.01, 0.6), tip_y - 0.02)
-    img = _blend(img, _ramp(d - 0.012, soft * 2) * face * 0.35, dark(0.7))
-    for k in range(3):
-        d = _segment_dist(X, Y, fx(-0.045, 0.45), ey + 0.035 + 0.022 * k, fx(0.045, 0.45), ey + 0.03 + 0.022 * k)
-        img = _blend(img, _ramp(d - 0.006, soft) * face * au["9"], dark(0.5))
-    for side in (-1, 1):
-        nd = torch.sqrt(((X - fx(side * nw, 0.5)) / 0.028) ** 2 + ((Y - tip_y) / 0.016) ** 2) - 1
-        img = _blend(img, _ramp(nd * 0.016, soft) * face, dark(0.35))
-
-    # mouth: corners up (AU12 / AU12L left only) or down (AU15, AU20); width +AU20 +AU12 -AU23 -AU14;
-    # opening from AU26 (+AU16, and a little with a broad smile); lips thinned by AU23
-    my = v(ident["mouth_y"])
-    mw = v(ident["mouth_w"]) * (1 + 0.28 * au["20"] + 0.18 * au["12"] - 0.22 * au["23"] - 0.12 * au["14"]) * cy
-    mx = fx(0.0, 0.35)
-    t = (X - mx) / mw
-    left = (t < 0).float()                            # image-left is the subject's right; "L" AUs act on t < 0
-    up = 0.085 * au["12"] + 0.03 * au["14"] + left * (0.09 * au["12L"] + 0.035 * au["14L"])
-    down = 0.07 * au["15"] + 0.03 * au["20"] + 0.02 * au["16"]
-    corner = down - up                                # positive = corners below the centre
-    centre = my + corner * t * t - 0.02 * au["9"]     # AU9 lifts the upper lip a little
-    open_ = 0.01 + 0.17 * au["26"] + 0.05 * au["16"] + 0.035 * au["12"] * au["6"]
-    half_open = open_ / 2 * torch.sqrt((1 - t * t).clamp(min=0))
-    lip = v(ident["lip"]) * (1 - 0.6 * au["23"])
-    inside_x = _ramp((t.abs() - 1) * mw, soft)
-    upper_top = centre - half_open - lip * (1 - 0.4 * t * t)
-    lower_bot = centre + half_open + lip * 1.25 * (1 - 0.4 * t * t)
-    lips = inside_x * _ramp(upper_top - Y, soft) * _ramp(Y - lower_bot, soft) * face
-    img = _blend(img, lips, ident["lip_color"])
-    hole = inside_x * _ramp(centre - half_open - Y, soft) * _ramp(Y - centre - half_open, soft) * face
-    img = _blend(img, hole, torch.full_like(skin, 0.12))
-    teeth = hole * _ramp(Y - (centre - half_open + 0.35 * open_.clamp(max=0.06)), soft)
-    img = _blend(img, teeth * (au["12"] + au["16"]).clamp(max=1), torch.full_like(skin, 0.92))
-    # nasolabial folds deepen with AU6, AU9, AU12; dimples with AU14
-    for side in (-1, 1):
-        fold = 0.25 + 0.8 * au["12"] + 0.5 * au["9"] + 0.3 * au["6"] + (0.8 * au["12L"] if side < 0 else 0)
-        d = _segment_dist(X, Y, fx(side * (nw + 0.03), 0.45), tip_y - 0.01,
-                          mx + side * (mw + 0.035), my + corner - 0.01)
-        img = _blend(img, _ramp(d - 0.007, soft) * face * (fold.clamp(max=1.0) * 0.6), dark(0.62))
-        dimple = au["14"] + (au["14L"] if side < 0 else 0)
-        dd = torch.sqrt((X - mx - side * (mw + 0.03)) ** 2 + (Y - my - corner) ** 2)
-        img = _blend(img, _ramp(dd - 0.016, soft) * face * dimple.clamp(max=1) * 0.7, dark(0.6))
-
-    # hair fringe over the forehead
-    fringe = v((style == 3).float()) * _ramp(Y - (-b * 0.5 + 0.08 * (Xf / a) ** 2), soft) * face
-    short_top = v((style == 1).float() + (style == 2).float()) * _ramp(Y - (-b * 0.78 + 0.15 * (Xf / a) ** 2), soft) * face
-    img = _blend(img, torch.maximum(fringe, short_top), hair_color)
-
-    # glasses: two rings and a bridge
-    gl = v(ident["glasses"].float())
-    for side in (-1, 1):
-        cx = fx(side * ex, 0.3)
-        rd = torch.sqrt(((X - cx) / (ew * 1.35)) ** 2 + ((Y - ey) / 0.085) ** 2)
-        img = _blend(img, _ramp((rd - 1).abs() * 0.08 - 0.007, soft) * gl, torch.full_like(skin, 0.1))
-    d = _segment_dist(X, Y, fx(-ex + ew * 1.3, 0.35), ey - 0.02, fx(ex - ew * 1.3, 0.35), ey - 0.02)
-    img = _blend(img, _ramp(d - 0.008, soft) * gl, torch.full_like(skin, 0.1))
-
-    # lighting: a directional gradient over the image, then global brightness
-    la = v(params["light_angle"])
-    shade = 1 + v(params["light"]) * (torch.cos(la) * gx + torch.sin(la) * gy) * 0.5
+    # lighting: a gentle directional gradient over the whole picture, then global brightness
+    shade = 1 + lk * (torch.cos(la) * gx + torch.sin(la) * gy) * 0.3
     img = img * shade.unsqueeze(1) * params["brightness"][:, None, None, None]
 
     # occluder (hand, scarf, cup ...): an axis-aligned rounded box over part of the face
@@ -444,20 +541,36 @@ def render(params: dict, ident: dict, size: int = 64, return_masks: bool = False
         img = torch.where(gray[:, None, None, None], lum.expand_as(img), img)
     img = img.clamp_(0, 1)
 
-    # face box: bounding box of the rotated, scaled, translated face ellipse (outline shift under yaw included)
-    A = params["scale"] * a.flatten()
-    B = params["scale"] * b.flatten()
-    r = params["roll"]
-    hw = torch.sqrt((A * torch.cos(r)) ** 2 + (B * torch.sin(r)) ** 2)
-    hh = torch.sqrt((A * torch.sin(r)) ** 2 + (B * torch.cos(r)) ** 2)
-    shift = params["scale"] * face_shift.flatten()
-    cx = params["tx"] + shift * torch.cos(r)
-    cyb = params["ty"] + shift * torch.sin(r)
-    to_px = lambda z: (z + 1) / 2 * size
-    boxes = torch.stack([to_px(cx - hw), to_px(cyb - hh), to_px(cx + hw), to_px(cyb + hh)], 1).clamp(0, size)
-    if return_masks:
-        return img, boxes, face
-    return img, boxes
+    # the face: the head's skin from the hairline down to the chin; its box is that region's pixel extent
+    face = head * _ramp(-b * 0.62 - Y, soft)
+    boxes = _mask_box(face > 0.5)
+    if not return_masks:
+        return img, boxes
+    masks = {"face": face}
+    ellipse = lambda x, y, rx, ry: ((x / rx) ** 2 + (y / ry) ** 2 < 1).float()
+    masks["brows"] = face * torch.maximum(ellipse(dxe, fy + 0.17, 0.24, 0.11),        # brows, glabella, forehead
+                                          ((AX < 0.34) & (fy > -0.5) & (fy < -0.1)).float())
+    masks["eyes"] = face * ellipse(dxe, fy, ew * 1.5, 0.08)
+    masks["nose"] = face * ((ANX < nw + 0.05) & (fy > -0.02) & (Y < tip_y + 0.04)).float()
+    masks["cheeks"] = face * ellipse(AX - ex - 0.02, fy - 0.2, 0.14, 0.1)
+    masks["mouth"] = face * ellipse(X, Y - my - drop / 2, v(ident["mouth_w"]) * 1.5, 0.14 + drop)
+    return img, boxes, masks
+
+
+def _mask_box(mask: torch.Tensor) -> torch.Tensor:
+    """Pixel extent x0 y0 x1 y1 (exclusive ends) of each (H, W) mask in a batch; an empty mask gives a 0 box."""
+    n, h, w = mask.shape
+    cols, rows = mask.any(1), mask.any(2)
+    xs, ys = torch.arange(w).expand(n, w), torch.arange(h).expand(n, h)
+    big = max(h, w) + 1
+    x0 = torch.where(cols, xs, big).amin(1)
+    x1 = torch.where(cols, xs + 1, 0).amax(1)
+    y0 = torch.where(rows, ys, big).amin(1)
+    y1 = torch.where(rows, ys + 1, 0).amax(1)
+    empty = ~cols.any(1)
+    box = torch.stack([x0, y0, x1, y1], 1).float()
+    box[empty] = 0
+    return box
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -522,6 +635,47 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "fernb"
 
 
+def _split_inputs(split: str, n: int, num_classes: int, seed: int, domain: str, num_identities: int | None):
+    """(params, identity rows, identity numbers, id range lo, hi) of a split: everything `render` needs."""
+    cfg = DOMAINS[domain]
+    lo, hi = SPLIT_IDS[split]
+    if num_identities is not None:
+        hi = lo + num_identities
+    # domains use their own identity numbers (offset), so A, B and default never share a person
+    offset = {"default": 0, "A": 10_000, "B": 20_000}[domain]
+    split_seed = seed * 1009 + {"train": 1, "val": 2, "test": 3, "unlabeled": 4, "identity": 5}[split] * 97 + offset
+    g = torch.Generator().manual_seed(split_seed)
+    ids = lo + torch.randint(hi - lo, (n,), generator=g)
+    if split == "identity":
+        ids = lo + torch.arange(n) % (hi - lo)
+    params = sample_params(n, num_classes=num_classes, seed=split_seed, identities=ids, cfg=cfg)
+    uniq, inverse = ids.unique(return_inverse=True)
+    table = identity_table(uniq + offset, seed, cfg)
+    ident = {k: v[inverse] for k, v in table.items()}
+    return params, ident, ids, lo, hi
+
+
+def region_masks(data: FERDataset, index=None) -> dict:
+    """The renderer's own masks for rows `index` of a SynthFER split (default: all rows), redrawn from the split's
+    render arguments: {"face", "brows", "eyes", "nose", "cheeks", "mouth"} -> float (N, H, W) at the data's size.
+
+    Works on subsets and relabeled copies (the `render_row` meta survives them); an error for data not rendered by
+    `synthfer` (real datasets, the web pool, `prototype_faces`, which carries its own masks)."""
+    args = data.info.get("render_args")
+    if data.info.get("source") != "SynthFER" or args is None or "render_row" not in data.meta:
+        raise ValueError(f"{data.name}: region masks exist only for SynthFER splits made by synthfer(); "
+                         f"this dataset has no render arguments")
+    rows = data.meta["render_row"].cpu()
+    if index is not None:
+        index = torch.as_tensor(index).cpu()
+        rows = rows[index.nonzero().flatten() if index.dtype == torch.bool else index]
+    params, ident, *_ = _split_inputs(args["split"], args["n"], args["num_classes"], args["seed"], args["domain"],
+                                      args["num_identities"])
+    take = lambda d: {k: (v[rows] if torch.is_tensor(v) and v.shape[:1] == (args["n"],) else v) for k, v in d.items()}
+    _, _, masks = render(take(params), take(ident), data.image_size, return_masks=True)
+    return masks
+
+
 def synthfer(split: str = "train", n: int | None = None, *, size: int = 64, channels: int = 3,
              num_classes: int = 7, seed: int = 0, domain: str = "default", cache: bool = True,
              cache_dir: str | Path | None = None, num_identities: int | None = None) -> FERDataset:
@@ -554,26 +708,13 @@ def synthfer(split: str = "train", n: int | None = None, *, size: int = 64, chan
         path = Path(cache_dir or default_cache_dir()) / f"synthfer-{split}-{domain}-{key}.pt"
         if path.is_file():
             return FERDataset.load(path)
-    cfg = DOMAINS[domain]
-    lo, hi = SPLIT_IDS[split]
-    if num_identities is not None:
-        hi = lo + num_identities
-    # domains use their own identity numbers (offset), so A, B and default never share a person
-    offset = {"default": 0, "A": 10_000, "B": 20_000}[domain]
-    split_seed = seed * 1009 + {"train": 1, "val": 2, "test": 3, "unlabeled": 4, "identity": 5}[split] * 97 + offset
-    g = torch.Generator().manual_seed(split_seed)
-    ids = lo + torch.randint(hi - lo, (n,), generator=g)
-    if split == "identity":
-        ids = lo + torch.arange(n) % (hi - lo)
-    params = sample_params(n, num_classes=num_classes, seed=split_seed, identities=ids, cfg=cfg)
-    uniq, inverse = ids.unique(return_inverse=True)
-    table = identity_table(uniq + offset, seed, cfg)
-    ident = {k: v[inverse] for k, v in table.items()}
+    params, ident, ids, lo, hi = _split_inputs(split, n, num_classes, seed, domain, num_identities)
     images, boxes = render_images(params, ident, size, channels)
     labels = params["label"].clone()
     classes = class_names(num_classes)
     meta = {"aus": params["aus"], "intensity": params["intensity"], "yaw": params["yaw"], "roll": params["roll"],
-            "blend": params["blend"], "occluded": params["occluded"], "blur": params["blur"]}
+            "blend": params["blend"], "occluded": params["occluded"], "blur": params["blur"],
+            "render_row": torch.arange(n)}  # row of the render, so `region_masks` can redraw it after subsetting
     if split == "unlabeled":
         labels = torch.full_like(labels, UNLABELED)
     if split == "identity":
@@ -584,7 +725,8 @@ def synthfer(split: str = "train", n: int | None = None, *, size: int = 64, chan
                     clean_labels=params["label"].clone() if split != "identity" else labels.clone(),
                     soft_labels=params["soft"] if split != "identity" else None, boxes=boxes, identities=ids,
                     meta=meta, name=f"synthfer-{split}" + ("" if domain == "default" else f"-{domain}"),
-                    info={"source": "SynthFER", "split": split, "domain": domain, "seed": seed, "version": VERSION})
+                    info={"source": "SynthFER", "split": split, "domain": domain, "seed": seed, "version": VERSION,
+                          "render_args": {k: v for k, v in args.items() if k not in ("size", "channels", "version")}})
     if path is not None:
         ds.save(path)
     return ds
@@ -616,6 +758,27 @@ def synthfer_web(n: int | None = None, *, size: int = 64, channels: int = 3, num
                             "nonface_fraction": nonface_fraction, "seed": seed})
 
 
+CLEAN = replace(DEFAULT, light=0.0, blur_prob=0.0, noise_std=(0.0, 0.0), occlusion_prob=0.0)
+
+
+def _posed(aus: torch.Tensor, identities: torch.Tensor, *, seed: int = 0, yaw_deg: float = 0.0,
+           roll_deg: float = 0.0, clean: bool = True, labels=None):
+    """params + identity rows for faces with exactly the AU vectors `aus` (N, len(AUS)): clean = no lighting, blur,
+    noise or occluder, a centred face at scale 0.95, and the identities' resting faces off."""
+    n = len(aus)
+    cfg = CLEAN if clean else DEFAULT
+    labels = torch.zeros(n, dtype=torch.long) if labels is None else labels
+    p = sample_params(n, num_classes=8, seed=seed, identities=identities, cfg=cfg, classes_=labels)
+    p["aus"] = aus.float()
+    p["yaw"], p["roll"] = torch.full((n,), yaw_deg * math.pi / 180), torch.full((n,), roll_deg * math.pi / 180)
+    if clean:
+        p.update(scale=torch.full((n,), 0.95), tx=torch.zeros(n), ty=torch.zeros(n), brightness=torch.ones(n))
+    ident = identity_table(identities, seed, cfg)
+    if clean:
+        ident["resting"] = torch.zeros_like(ident["resting"])
+    return p, ident
+
+
 def render_face(aus: dict | None = None, *, identity: int = 0, size: int = 128, yaw_deg: float = 0.0,
                 roll_deg: float = 0.0, seed: int = 0, clean: bool = True, channels: int = 3) -> torch.Tensor:
     """One face for explanation and widgets: AU intensities by name (e.g. {"6": 1, "12": 1}) -> float (C, H, W).
@@ -626,20 +789,31 @@ def render_face(aus: dict | None = None, *, identity: int = 0, size: int = 128, 
     unknown = set(aus) - set(AUS)
     if unknown:
         raise ValueError(f"unknown AUs {sorted(unknown)}; known: {', '.join(AUS)}")
-    cfg = replace(DEFAULT, light=0.0, blur_prob=0.0, noise_std=(0.0, 0.0), occlusion_prob=0.0) if clean else DEFAULT
-    p = sample_params(1, num_classes=8, seed=seed, identities=torch.tensor([identity]), cfg=cfg,
-                      classes_=torch.tensor([0]))
-    p["aus"] = torch.tensor([[float(aus.get(k, 0.0)) for k in AUS]])
-    p["yaw"], p["roll"] = torch.tensor([yaw_deg * math.pi / 180]), torch.tensor([roll_deg * math.pi / 180])
-    if clean:
-        p.update(scale=torch.tensor([0.95]), tx=torch.zeros(1), ty=torch.zeros(1), brightness=torch.ones(1))
-    ident = identity_table(torch.tensor([identity]), seed, cfg)
-    if clean:
-        ident["resting"] = torch.zeros_like(ident["resting"])
+    vec = torch.tensor([[float(aus.get(k, 0.0)) for k in AUS]])
+    p, ident = _posed(vec, torch.tensor([identity]), seed=seed, yaw_deg=yaw_deg, roll_deg=roll_deg, clean=clean)
     img, _ = render(p, ident, size)
     if channels == 1:
         img = (img * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
     return img[0]
+
+
+PROTOTYPE_IDS = 5000  # identity numbers of `prototype_faces`: beyond every split's range
+
+
+def prototype_faces(n_per_class: int = 40, *, size: int = 96, num_classes: int = 7, intensity: float = 1.0,
+                    yaw_deg: float = 0.0, seed: int = 0, channels: int = 3) -> FERDataset:
+    """Each class's EMFACS prototype at one `intensity` on `n_per_class` people (clean, frontal unless `yaw_deg`):
+    the faces a judge of realism reads first. Identities 5000+ (no split uses them); face boxes come along."""
+    n = n_per_class * num_classes
+    labels = torch.arange(n) // n_per_class
+    ids = PROTOTYPE_IDS + torch.arange(n) % n_per_class
+    p, ident = _posed(prototype_matrix(8)[labels] * intensity, ids, seed=seed, yaw_deg=yaw_deg, labels=labels)
+    images, boxes = render_images(p, ident, size, channels)
+    return FERDataset(images=images, labels=labels, classes=class_names(num_classes), clean_labels=labels.clone(),
+                      boxes=boxes, identities=ids, meta={"intensity": torch.full((n,), float(intensity))},
+                      name="synthfer-prototypes",
+                      info={"source": "SynthFER", "split": "prototypes", "version": VERSION, "seed": seed,
+                            "intensity": intensity, "yaw_deg": yaw_deg})
 
 
 def prototype_table():
