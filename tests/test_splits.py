@@ -138,8 +138,71 @@ def test_with_label_noise_keeps_clean_labels():
     assert noisy.info["noise_rate"] == 0.3 and noisy.info["noise_kind"] == "confusion"
 
 
+# ---- annotator-like noise: errors concentrate on ambiguous faces ---------------------------------------------------
+def _ambiguous_dataset(n=4000, seed=0):
+    """A crafted SynthFER-like dataset: intensity uniform in [0.3, 1], every 4th face a blend with a known partner."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 7
+    intensity = 0.3 + 0.7 * torch.rand(n, generator=g)
+    partner = (labels + 1 + torch.randint(6, (n,), generator=g)) % 7
+    w2 = torch.where(torch.arange(n) % 4 == 0, 0.2 + 0.25 * torch.rand(n, generator=g), torch.zeros(n))
+    soft = torch.zeros(n, 7)
+    soft[torch.arange(n), labels] = 1 - w2
+    soft[torch.arange(n), partner] += w2
+    images = torch.zeros(n, 1, 4, 4, dtype=torch.uint8)
+    data = FERDataset(images=images, labels=labels, classes=CLASSES_7, soft_labels=soft, name="crafted",
+                      meta={"intensity": intensity})
+    return data, w2 > 0, partner
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.3, 0.45])
+def test_annotator_noise_has_the_exact_rate_and_flips_ambiguous_faces_more(rate):
+    data, blend, partner = _ambiguous_dataset()
+    noisy = splits.with_label_noise(data, rate, kind="annotator", seed=3)
+    flipped = noisy.labels != data.labels
+    assert int(flipped.sum()) == round(rate * len(data))                  # the rate asked for, exactly
+    ambiguity, _ = splits.ambiguity_and_partner(data)
+    quartile = torch.bucketize(ambiguity, torch.quantile(ambiguity, torch.tensor([0.25, 0.5, 0.75])))
+    by_quartile = [flipped[quartile == q].float().mean().item() for q in range(4)]
+    assert all(b > a for a, b in zip(by_quartile, by_quartile[1:])), by_quartile   # rises with ambiguity
+    assert by_quartile[3] > 3 * by_quartile[0]
+    # a flipped blend takes its partner expression
+    assert torch.equal(noisy.labels[blend & flipped], partner[blend & flipped])
+    again = splits.with_label_noise(data, rate, kind="annotator", seed=3)
+    assert torch.equal(noisy.labels, again.labels)                         # seeded
+
+
+def test_annotator_noise_ambiguity_formula_and_errors():
+    data, blend, partner = _ambiguous_dataset(n=8)
+    ambiguity, found = splits.ambiguity_and_partner(data)
+    expected = 1 - data.meta["intensity"] * data.soft_labels[torch.arange(8), data.labels]
+    assert torch.allclose(ambiguity, expected)
+    assert torch.equal(found, torch.where(blend, partner, torch.full_like(partner, -1)))
+    # a full-intensity prototype has no ambiguity, and flips only at the floor's propensity
+    w = splits.annotator_flip_weights(torch.tensor([0.0, 0.5, 1.0]))
+    assert torch.allclose(w, torch.tensor([splits.ANNOTATOR_FLOOR, splits.ANNOTATOR_FLOOR + 0.25,
+                                           splits.ANNOTATOR_FLOOR + 1.0]))
+    with pytest.raises(ValueError, match="ambiguity"):
+        splits.with_label_noise(_dataset(_labels()), 0.2, kind="annotator")   # a real dataset knows no ambiguity
+    with pytest.raises(ValueError, match="ambiguity"):
+        splits.inject_label_noise(_labels(), 0.2, num_classes=7, kind="annotator")
+    with pytest.raises(ValueError, match="kind"):
+        splits.inject_label_noise(_labels(), 0.2, num_classes=7, kind="pairwise")
+
+
+def test_annotator_noise_on_synthfer_follows_intensity():
+    from fernb.data import synthfer as S
+
+    ds = S.synthfer("train", 1500, size=48, cache=False)
+    noisy = splits.with_label_noise(ds, 0.3, kind="annotator", seed=0)
+    flipped = (noisy.labels != ds.labels)
+    assert int(flipped.sum()) == 450
+    weak = ds.meta["intensity"] < 0.7
+    strong = ds.meta["intensity"] > 0.9
+    assert flipped[weak].float().mean() > 2 * flipped[strong].float().mean()
+
 @pytest.mark.parametrize("k", [7, 8])
-@pytest.mark.parametrize("kind", ["symmetric", "confusion"])
+@pytest.mark.parametrize("kind", ["symmetric", "confusion", "annotator"])
 @pytest.mark.parametrize("rate", [0.0, 0.2, 0.6])
 def test_noise_transition_matrix_is_row_stochastic(k, kind, rate):
     T = splits.noise_transition_matrix(k, rate, kind)

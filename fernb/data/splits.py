@@ -3,8 +3,8 @@
 - `label_fraction_mask`: a stratified 1/5/10/25 % labeled subset (scikit-learn's StratifiedShuffleSplit).
 - `labels_per_class_mask`: exactly k labels per class (10/25/100/250 in the SSFER paper's Table 3).
 - `kfold_indices`: stratified k-fold (scikit-learn's StratifiedKFold), or grouped by subject when identities exist.
-- `inject_label_noise`: symmetric or confusion-structured noise; the caller keeps the clean labels beside the noisy
-  ones (`FERDataset.with_labels`), so relabeling can be audited.
+- `inject_label_noise`: symmetric, confusion-structured (pair) or annotator-like noise; the caller keeps the clean
+  labels beside the noisy ones (`FERDataset.with_labels`), so relabeling can be audited.
 """
 from __future__ import annotations
 
@@ -82,35 +82,75 @@ def hide_labels(data: FERDataset, labeled_mask: torch.Tensor) -> FERDataset:
     return data.with_labels(labels)
 
 
+NOISE_KINDS = ("symmetric", "confusion", "annotator")
+
+
 def noise_transition_matrix(num_classes: int, rate: float, kind: str = "symmetric") -> torch.Tensor:
     """T[i, j] = P(given = j | clean = i).
 
     symmetric: the flipped mass spread evenly over the other classes.
     confusion: 70 % of the flipped mass goes to the class's real-FER confusion partner (`CONFUSION_PARTNER`), the
-    rest evenly over the others.
+    rest evenly over the others. (The "annotator" kind draws its wrong labels from this matrix too, for faces that
+    are not blends; its rows are not uniform in which faces flip, so no matrix describes it fully.)
     """
     if not 0 <= rate < 1:
         raise ValueError(f"noise rate must be in [0, 1), got {rate}")
     k = num_classes
     T = torch.full((k, k), rate / (k - 1))
-    if kind == "confusion":
+    if kind in ("confusion", "annotator"):
         names = CLASSES_8[:k]
         T = torch.full((k, k), 0.3 * rate / (k - 2))
         for i, name in enumerate(names):
             T[i, names.index(CONFUSION_PARTNER[name])] = 0.7 * rate
     elif kind != "symmetric":
-        raise ValueError(f"kind must be 'symmetric' or 'confusion', got {kind!r}")
+        raise ValueError(f"kind must be one of {', '.join(NOISE_KINDS)}, got {kind!r}")
     T.fill_diagonal_(1 - rate)
     return T
 
 
+ANNOTATOR_FLOOR = 0.02  # flip propensity of a face with no ambiguity at all (annotators slip on clear faces too)
+
+
+def annotator_flip_weights(ambiguity: torch.Tensor) -> torch.Tensor:
+    """How much more likely an annotator is to mislabel each face: ANNOTATOR_FLOOR + ambiguity ** 2 (ambiguity in
+    [0, 1]; the square concentrates the errors on the most ambiguous faces)."""
+    return ANNOTATOR_FLOOR + ambiguity.clamp(0, 1) ** 2
+
+
+def ambiguity_and_partner(data: FERDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row ambiguity in [0, 1] and the blend partner (-1 when none) of a SynthFER dataset.
+
+    ambiguity = 1 - intensity x (weight of the labeled class in the soft label): a full-intensity prototype is 0, a
+    weak face or one mixed with a second expression is ambiguous. The partner is the soft label's other class."""
+    if "intensity" not in data.meta or data.soft_labels is None:
+        raise ValueError(f"{data.name}: annotator-like noise needs each face's ambiguity (SynthFER's expression "
+                         f"intensity and blend soft labels); use kind='symmetric' or 'confusion' on this dataset")
+    labels = (data.clean_labels if data.clean_labels is not None else data.labels).cpu().long()
+    soft = data.soft_labels.cpu().float()
+    rows = torch.arange(len(labels))
+    own = torch.where(labels >= 0, soft[rows, labels.clamp(min=0)], torch.ones(len(labels)))
+    ambiguity = (1 - data.meta["intensity"].cpu().float() * own).clamp(0, 1)
+    other = soft.clone()
+    other[rows, labels.clamp(min=0)] = 0
+    partner = torch.where(other.amax(1) > 0, other.argmax(1), torch.full_like(labels, -1))
+    return ambiguity, partner
+
+
 def inject_label_noise(labels: torch.Tensor, rate: float, *, num_classes: int, kind: str = "symmetric",
-                       seed: int = 0) -> torch.Tensor:
+                       seed: int = 0, ambiguity: torch.Tensor | None = None,
+                       partner: torch.Tensor | None = None) -> torch.Tensor:
     """Noisy copy of `labels`: each labeled row is flipped with probability `rate` per the transition matrix.
 
     The realised flip count is exactly round(rate * n_labeled) (chosen rows are always flipped to another class), so
     a notebook's "40 % noise" is 40 %, not 40 % give or take sampling error.
+
+    kind="annotator" (needs `ambiguity`, and optionally `partner`, from `ambiguity_and_partner`): the flipped rows
+    are drawn without replacement with weights `annotator_flip_weights(ambiguity)`, so ambiguous faces are
+    mislabeled far more often than clear ones, as human annotators' errors are; a flipped blend takes its partner
+    expression, any other face a label from the confusion matrix (70 % its real-FER confusion partner).
     """
+    if kind not in NOISE_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(NOISE_KINDS)}, got {kind!r}")
     labels = labels.cpu().long()
     noisy = labels.clone()
     if rate == 0:
@@ -118,17 +158,32 @@ def inject_label_noise(labels: torch.Tensor, rate: float, *, num_classes: int, k
     g = torch.Generator().manual_seed(seed)
     rows = (labels >= 0).nonzero().flatten()
     n_flip = int(round(rate * len(rows)))
-    flip = rows[torch.randperm(len(rows), generator=g)[:n_flip]]
+    if kind == "annotator":
+        if ambiguity is None:
+            raise ValueError("kind='annotator' needs the per-row ambiguity (splits.ambiguity_and_partner)")
+        weights = annotator_flip_weights(ambiguity.cpu().float()[rows])
+        flip = rows[torch.multinomial(weights, n_flip, replacement=False, generator=g)] if n_flip else rows[:0]
+    else:
+        flip = rows[torch.randperm(len(rows), generator=g)[:n_flip]]
     T = noise_transition_matrix(num_classes, rate, kind)
     off = T.clone().fill_diagonal_(0)
     off = off / off.sum(1, keepdim=True)
     noisy[flip] = torch.multinomial(off[labels[flip]], 1, generator=g).flatten()
+    if kind == "annotator" and partner is not None:
+        to_partner = partner.cpu().long()[flip]
+        noisy[flip] = torch.where(to_partner >= 0, to_partner, noisy[flip])
     return noisy
 
 
 def with_label_noise(data: FERDataset, rate: float, kind: str = "symmetric", seed: int = 0) -> FERDataset:
-    """`data` with noisy given labels and the clean labels kept (`data.clean_labels`)."""
-    noisy = inject_label_noise(data.labels, rate, num_classes=data.num_classes, kind=kind, seed=seed)
+    """`data` with noisy given labels and the clean labels kept (`data.clean_labels`); kind "symmetric",
+    "confusion" (pair noise toward real-FER confusion partners) or "annotator" (SynthFER only: errors on ambiguous
+    faces, toward the blend partner or a confusable class; see `inject_label_noise`)."""
+    ambiguity = partner = None
+    if kind == "annotator":
+        ambiguity, partner = ambiguity_and_partner(data)
+    noisy = inject_label_noise(data.labels, rate, num_classes=data.num_classes, kind=kind, seed=seed,
+                               ambiguity=ambiguity, partner=partner)
     out = data.with_labels(noisy)
     out.info = dict(out.info, noise_rate=rate, noise_kind=kind)
     return out
