@@ -18,10 +18,10 @@ from .data.labels import SHORT
 from .paths import figure_dir
 
 
-def save(fig, notebook: str, name: str, dpi: int = 120):
-    path = figure_dir(notebook) / f"{name}.png"
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    return path
+def save(fig, notebook: str, name: str, dpi: int = 120) -> None:
+    """Write `fig` to figures/<notebook>/<name>.png (`fernb.paths.figure_dir`). Returns nothing, so a cell that
+    ends with it prints no path of the machine that ran it."""
+    fig.savefig(figure_dir(notebook) / f"{name}.png", dpi=dpi, bbox_inches="tight")
 
 
 def _short(classes):
@@ -116,32 +116,117 @@ def vit_reshape_transform(tokens: torch.Tensor, num_prefix_tokens: int = 1) -> t
     return x.reshape(x.shape[0], side, side, x.shape[2]).permute(0, 3, 1, 2)
 
 
-def gradcam_target_layers(model):
-    """(target layers, reshape transform) for a timm ResNet or ViT, or a fernb model naming its own
-    (`gradcam_layers()`, e.g. DAL-Net's last conv layer)."""
+def _gradcam_candidates(model) -> list[tuple[str, list]]:
+    """(name, layers) candidates for Grad-CAM, deepest first."""
     if hasattr(model, "gradcam_layers"):
-        return list(model.gradcam_layers()), None
-    if hasattr(model, "layer4"):
-        return [model.layer4[-1]], None
+        return [("gradcam_layers()", list(model.gradcam_layers()))]
+    trunk = getattr(model, "trunk", model)  # fernb's ARMNet wraps a timm ResNet trunk
+    if all(hasattr(trunk, f"layer{i}") for i in (1, 2, 3, 4)):
+        prefix = "trunk." if trunk is not model else ""
+        return [(f"{prefix}layer{i}", [getattr(trunk, f"layer{i}")[-1]]) for i in (4, 3, 2, 1)]
     if hasattr(model, "blocks"):
-        prefix = getattr(model, "num_prefix_tokens", 1)
-        return [model.blocks[-1].norm1], (lambda t: vit_reshape_transform(t, prefix))
+        return [("blocks[-1].norm1", [model.blocks[-1].norm1])]
     raise ValueError(f"no Grad-CAM target layer known for {type(model).__name__}; pass target_layers")
 
 
-def gradcam(model, images_uint8: torch.Tensor, targets=None, target_layers=None, reshape_transform=None):
-    """Grad-CAM maps (N, H, W) in [0, 1] for uint8 images; `targets` = class per image (default: predicted)."""
+def _map_side(model, layers, img_size: int) -> int:
+    """The smaller side of the feature map `layers[0]` outputs for an img_size input (ViT: the token grid)."""
+    if hasattr(model, "patch_embed"):
+        return img_size // model.patch_embed.patch_size[0]
+    seen = []
+    hook = layers[0].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    param = next(model.parameters())
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, model_in_chans(model), img_size, img_size, device=param.device,
+                                     dtype=param.dtype))
+    finally:
+        hook.remove()
+        model.train(was_training)
+    return int(min(seen[0][-2:]))
+
+
+def model_in_chans(model) -> int:
+    """Input channels of a fernb / timm model (its first conv's, or the patch embedding's)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            return m.in_channels
+    raise ValueError(f"cannot tell the input channels of {type(model).__name__}")
+
+
+MIN_CAM_SIDE = 6  # Grad-CAM maps coarser than 6 x 6 cannot point at a brow or a mouth corner
+
+
+def gradcam_target_layers(model, img_size: int | None = None, min_side: int = MIN_CAM_SIDE):
+    """(target layers, reshape transform, name, map side) for Grad-CAM: the deepest layer whose map is at least
+    `min_side` x `min_side` at `img_size` (a timm ResNet's layer4, else layer3, layer2 ...; a ViT's last block; a
+    fernb model naming its own via `gradcam_layers()`, e.g. DAL-Net's last conv layer). Without `img_size` the
+    deepest layer is taken."""
+    candidates = _gradcam_candidates(model)
+    reshape = None
+    if hasattr(model, "blocks") and not hasattr(model, "gradcam_layers"):
+        prefix = getattr(model, "num_prefix_tokens", 1)
+        reshape = lambda t: vit_reshape_transform(t, prefix)
+    if img_size is None:
+        name, layers = candidates[0]
+        return layers, reshape, name, None
+    for name, layers in candidates:
+        side = _map_side(model, layers, img_size)
+        if side >= min_side:
+            return layers, reshape, name, side
+    return layers, reshape, name, side  # none is fine enough: the finest one there is
+
+
+def gradcam(model, images_uint8: torch.Tensor, targets=None, target_layers=None, reshape_transform=None,
+            min_side: int = MIN_CAM_SIDE):
+    """Grad-CAM maps (N, H, W) in [0, 1] for uint8 images; `targets` = class per image (default: predicted). The
+    layer is `gradcam_target_layers(model, image size, min_side)` unless `target_layers` is given."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     if target_layers is None:
-        target_layers, reshape_transform = gradcam_target_layers(model)
+        target_layers, reshape_transform, _, _ = gradcam_target_layers(model, images_uint8.shape[-1], min_side)
     model = model.eval()
     device = next(model.parameters()).device
     x = aug.to_input(images_uint8.to(device))
     cam_targets = None if targets is None else [ClassifierOutputTarget(int(t)) for t in targets]
     with GradCAM(model=model, target_layers=target_layers, reshape_transform=reshape_transform) as cam:
         return torch.from_numpy(cam(input_tensor=x, targets=cam_targets))
+
+
+def localisation_score(cams: torch.Tensor, region: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
+    """Per image: the share of Grad-CAM energy inside `region` (within the face) divided by the region's share of
+    the face: (sum cam*region / sum cam*face) / (sum region / sum face). 1.0 = no better than a map spread evenly
+    over the face, 2.0 = twice as concentrated on the region; NaN where the region is empty (neutral faces).
+    cams, region, face: (N, H, W); region is clipped to the face."""
+    cams, face = cams.float(), face.float().clamp(0, 1)
+    region = region.float().clamp(0, 1) * face
+    energy_face = (cams * face).flatten(1).sum(1)
+    share = (cams * region).flatten(1).sum(1) / energy_face.clamp(min=1e-12)
+    area = region.flatten(1).sum(1) / face.flatten(1).sum(1).clamp(min=1e-12)
+    score = share / area
+    return torch.where((area > 0) & (energy_face > 0), score, torch.full_like(score, float("nan")))
+
+
+def gradcam_localisation(model, data, index, targets=None, min_side: int = MIN_CAM_SIDE) -> dict:
+    """Grad-CAM on rows `index` of a SynthFER split, scored against the renderer's own masks: for each face, the
+    regions where its true expression's action units act (`synthfer.expression_regions` of its clean label) against
+    the whole face (`localisation_score`). Returns {"cams", "scores" (NaN for neutral), "mean" (over the
+    expressive faces), "layer", "side" (the map's side in cells)}."""
+    from .data import synthfer
+
+    idx = torch.as_tensor(index)
+    images = data.images[idx.to(data.images.device)]
+    layers, reshape, name, side = gradcam_target_layers(model, images.shape[-1], min_side)
+    cams = gradcam(model, images, targets=targets, target_layers=layers, reshape_transform=reshape)
+    masks = synthfer.region_masks(data, idx)
+    truth = (data.clean_labels if data.clean_labels is not None else data.labels)[idx.to(data.labels.device)]
+    region = synthfer.expression_regions(masks, truth.cpu(), data.classes)
+    scores = localisation_score(cams, region, masks["face"])
+    valid = scores[~scores.isnan()]
+    return {"cams": cams, "scores": scores, "mean": float(valid.mean()) if len(valid) else float("nan"),
+            "layer": name, "side": side}
 
 
 def plot_gradcam_grid(model, data, indices, classes=None, ncols: int = 8, suptitle: str = "", targets=None):

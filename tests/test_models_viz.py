@@ -104,12 +104,38 @@ def test_vit_reshape_transform():
     fmap = viz.vit_reshape_transform(tokens)
     assert fmap.shape == (2, 5, 6, 6)
     assert torch.equal(fmap[:, :, 0, 1], tokens[:, 2, :])  # token 1 (after the class token) -> row 0, column 1
-    layers, transform = viz.gradcam_target_layers(_create("vit_mini"))
+    layers, transform, _, _ = viz.gradcam_target_layers(_create("vit_mini"))
     assert transform is not None and len(layers) == 1
-    layers, transform = viz.gradcam_target_layers(_create("resnet_mini"))
+    layers, transform, _, _ = viz.gradcam_target_layers(_create("resnet_mini"))
     assert transform is None
     with pytest.raises(ValueError, match="target layer"):
         viz.gradcam_target_layers(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("size,name,side", [(48, "layer2", 6), (64, "layer2", 8), (128, "layer3", 8),
+                                            (224, "layer4", 7)])
+def test_gradcam_layer_is_the_deepest_with_a_map_of_at_least_6x6(size, name, side):
+    model = _create("resnet_mini")
+    layers, _, chosen, measured = viz.gradcam_target_layers(model, size)
+    assert (chosen, measured) == (name, side)
+    assert layers == [getattr(model, name)[-1]]
+    assert viz.gradcam(model, _uint8_images(2, size=size)).shape == (2, size, size)
+
+
+def test_localisation_score_is_one_for_a_uniform_map_and_rewards_concentration():
+    face = torch.zeros(2, 10, 10)
+    face[:, 1:9, 1:9] = 1                             # 64 face pixels
+    region = torch.zeros(2, 10, 10)
+    region[:, 1:5, 1:9] = 1                           # 32 of them: half the face
+    uniform = torch.ones(2, 10, 10)
+    assert torch.allclose(viz.localisation_score(uniform, region, face), torch.ones(2))
+    inside = region.clone()                           # every bit of energy on the region: 1 / (1/2) = 2
+    assert torch.allclose(viz.localisation_score(inside, region, face), torch.full((2,), 2.0))
+    outside = face - region                           # none on it: 0
+    assert torch.allclose(viz.localisation_score(outside, region, face), torch.zeros(2))
+    # energy outside the face does not count, and an empty region (a neutral face) has no score
+    assert torch.allclose(viz.localisation_score(uniform + 5 * (1 - face), region, face), torch.ones(2))
+    assert viz.localisation_score(uniform, torch.zeros(2, 10, 10), face).isnan().all()
 
 
 # ---- plots and saving -------------------------------------------------------------------------------------------
@@ -146,6 +172,6 @@ def test_plot_functions_return_figures():
 def test_save_writes_png_under_fernb_figures(tmp_path, monkeypatch):
     monkeypatch.setenv("FERNB_FIGURES", str(tmp_path))
     fig = viz.plot_confusion(np.eye(7), CLASSES_7)
-    path = viz.save(fig, "99_test_notebook", "confusion")
-    assert path == tmp_path / "99_test_notebook" / "confusion.png"
+    assert viz.save(fig, "99_test_notebook", "confusion") is None   # a cell ending with it prints nothing
+    path = tmp_path / "99_test_notebook" / "confusion.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
