@@ -221,3 +221,14 @@ def get(notebook: str, profile: str | None = None) -> SimpleNamespace:
     if os.environ.get("FERNB_HEADLESS") == "1":  # set by `python -m fernb run`: no one watches the bars
         settings["progress"] = False
     return SimpleNamespace(**settings)
+
+
+def header(settings: SimpleNamespace, device="auto") -> str:
+    """The line each notebook prints under its settings: profile, device and precision, the SynthFER version, torch."""
+    import torch
+
+    from .data.synthfer import VERSION
+    from .engine import precision_name, resolve_device
+
+    return (f"profile {settings.name} | device {resolve_device(device)}, {precision_name(device)} | "
+            f"SynthFER v{VERSION} | torch {torch.__version__}")
