@@ -1,5 +1,10 @@
 """ipywidgets explorers. Each has a static twin (`plot_*`) that the notebook shows first, so an executed notebook
-read on GitHub or run headless by papermill still carries the figure; the widget is the live extra."""
+read on GitHub or run headless by papermill still carries the figure; the widget is the live extra.
+
+An explorer is displayed through `Explorer`, whose text fallback (what an untrusted notebook, GitHub and a plain-text
+reader show instead of the widget) says what the widget is and that it needs a live kernel, instead of the widget
+tree's repr. Its figure is a PNG in an `ipywidgets.Image` sized to the PNG's own pixels, so no flex row or column
+stretches it."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -8,6 +13,75 @@ import torch
 from .data import synthfer
 from .data.labels import SHORT
 from .methods.drm import relabel
+
+
+# What each explorer is, in the words its text fallback uses (fernb.nbclean also reads this for notebooks executed
+# before the fallback existed).
+EXPLORERS = {
+    "au_explorer": "AU explorer (interactive widget: a prototype menu and sliders for identity, yaw, roll and each "
+                   "action unit, over a rendered face)",
+    "relabel_explorer": "Relabeling explorer (interactive widget: δ2 and β sliders over one batch, FUCLE Eq. 6)",
+    "worthiness_explorer": "Worthiness explorer (interactive widget: λ1, λ2 and α sliders re-rank the candidate pool "
+                           "by Eq. 9)",
+    "mask_ratio_explorer": "Mask-ratio explorer (interactive widget: the MAE's reconstruction of one face as the mask "
+                           "ratio moves)",
+    "cuem_theta_explorer": "CUEM θ explorer (interactive widget: a θ slider over CUEM's relabeling rule)",
+    "margin_schedule_explorer": "Margin-schedule explorer (interactive widget: B, γ, T_c and floor sliders over "
+                                "Ada-CM's margin schedules)",
+}
+
+
+def fallback_text(name: str) -> str:
+    """The text an explorer's output carries for readers that cannot draw the widget."""
+    what = EXPLORERS.get(name, f"{name} (interactive widget)")
+    return f"{what}: it needs a live Jupyter kernel; the figure above is its static twin."
+
+
+class Explorer:
+    """An explorer's widget, displayed with `fallback_text` as its text/plain. The widget-view entry of the bundle is
+    the widget's own, so a live kernel and a saved widget state still draw the widget."""
+
+    def __init__(self, widget, name: str):
+        self.widget, self.name = widget, name
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        bundle = dict(self.widget._repr_mimebundle_(include=include, exclude=exclude))
+        bundle["text/plain"] = fallback_text(self.name)
+        return bundle
+
+    def __repr__(self):
+        return fallback_text(self.name)
+
+
+def _show(widget, name: str) -> None:
+    from IPython.display import display
+
+    display(Explorer(widget, name))
+
+
+def _image():
+    """An Image widget that keeps the size of the PNG it shows (`_draw_png`): without an explicit size a flex row
+    stretches it to the height of the controls beside it, and a flex column to the width of the output."""
+    import ipywidgets as W
+
+    return W.Image(format="png", layout=W.Layout(align_self="flex-start", flex="0 0 auto", max_width="100%",
+                                                 height="auto", object_fit="contain"))
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """(width, height) in pixels, read from a PNG's IHDR chunk."""
+    if png[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG")
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
+def _draw_png(image, fig) -> None:
+    """Render `fig` into `image` at the PNG's own pixel size (max-width 100 % and height auto keep its aspect
+    ratio where the output is narrower)."""
+    png = _png(fig)
+    width, _ = png_size(png)
+    image.layout.width = f"{width}px"
+    image.value = png
 
 
 def _png(fig) -> bytes:
@@ -38,7 +112,6 @@ def plot_au_faces(settings: dict, identity: int = 3, size: int = 112):
 def au_explorer(identity: int = 3, size: int = 160):
     """Live: one slider per action unit, plus identity, yaw and roll; the face re-renders on every change."""
     import ipywidgets as W
-    from IPython.display import display
 
     sliders = {au: W.FloatSlider(0.0, min=0, max=1, step=0.05, description=f"AU{au}",
                                  tooltip=synthfer.AU_NAMES[au], continuous_update=False,
@@ -47,7 +120,7 @@ def au_explorer(identity: int = 3, size: int = 160):
     yaw = W.FloatSlider(0.0, min=-40, max=40, step=2, description="yaw °", continuous_update=False)
     roll = W.FloatSlider(0.0, min=-25, max=25, step=1, description="roll °", continuous_update=False)
     preset = W.Dropdown(options=["(custom)"] + list(synthfer.PROTOTYPES), description="prototype")
-    out = W.Image(format="png", layout=W.Layout(width="300px"))
+    out = _image()
 
     def draw(*_):
         img = synthfer.render_face({k: s.value for k, s in sliders.items()}, identity=ident.value, size=size,
@@ -55,7 +128,7 @@ def au_explorer(identity: int = 3, size: int = 160):
         fig, ax = plt.subplots(figsize=(3, 3))
         ax.imshow(img.permute(1, 2, 0).numpy())
         ax.axis("off")
-        out.value = _png(fig)
+        _draw_png(out, fig)
 
     def apply_preset(change):
         if change["new"] in synthfer.PROTOTYPES:
@@ -67,7 +140,7 @@ def au_explorer(identity: int = 3, size: int = 160):
         w.observe(draw, names="value")
     grid = W.GridBox(list(sliders.values()), layout=W.Layout(grid_template_columns="repeat(2, 270px)"))
     draw()
-    display(W.HBox([W.VBox([preset, ident, yaw, roll, grid]), out]))
+    _show(W.HBox([W.VBox([preset, ident, yaw, roll, grid]), out]), "au_explorer")
 
 
 def plot_relabel_batch(images, probs, labels, alpha, clean_labels, classes, beta=0.7, delta2=0.2, ncols=8):
@@ -108,20 +181,19 @@ def plot_relabel_batch(images, probs, labels, alpha, clean_labels, classes, beta
 def relabel_explorer(images, probs, labels, alpha, clean_labels, classes, beta=0.7):
     """Live: δ2 and β sliders over one batch; shows which samples get relabeled."""
     import ipywidgets as W
-    from IPython.display import display
 
     delta2 = W.FloatSlider(0.2, min=0, max=0.5, step=0.025, description="δ2", continuous_update=False)
     beta_s = W.FloatSlider(beta, min=0.3, max=0.9, step=0.05, description="β", continuous_update=False)
-    out = W.Image(format="png")
+    out = _image()
 
     def draw(*_):
-        out.value = _png(plot_relabel_batch(images, probs, labels, alpha, clean_labels, classes, beta=beta_s.value,
-                                            delta2=delta2.value))
+        _draw_png(out, plot_relabel_batch(images, probs, labels, alpha, clean_labels, classes, beta=beta_s.value,
+                                          delta2=delta2.value))
 
     delta2.observe(draw, names="value")
     beta_s.observe(draw, names="value")
     draw()
-    display(W.VBox([W.HBox([delta2, beta_s]), out]))
+    _show(W.VBox([W.HBox([delta2, beta_s]), out]), "relabel_explorer")
 
 
 def plot_worthiness_ranking(images, P, is_face=None, wrong_label=None, lambda1: float = 1.0, lambda2: float = 0.5,
@@ -162,20 +234,19 @@ def plot_worthiness_ranking(images, P, is_face=None, wrong_label=None, lambda1: 
 def worthiness_explorer(images, P, is_face=None, wrong_label=None, n: int = 16):
     """Live: λ1, λ2 and α sliders re-rank the candidate pool by Eq. 9 (static twin: `plot_worthiness_ranking`)."""
     import ipywidgets as W
-    from IPython.display import display
 
     l1 = W.FloatSlider(1.0, min=0, max=2, step=0.1, description="λ1 (entropy)", continuous_update=False)
     l2 = W.FloatSlider(0.5, min=0, max=2, step=0.1, description="λ2 (diversity)", continuous_update=False)
     al = W.FloatSlider(0.25, min=0.12, max=1.0, step=0.11, description="α (patches)", continuous_update=False)
-    out = W.Image(format="png")
+    out = _image()
 
     def draw(*_):
-        out.value = _png(plot_worthiness_ranking(images, P, is_face, wrong_label, l1.value, l2.value, al.value, n))
+        _draw_png(out, plot_worthiness_ranking(images, P, is_face, wrong_label, l1.value, l2.value, al.value, n))
 
     for s in (l1, l2, al):
         s.observe(draw, names="value")
     draw()
-    display(W.VBox([W.HBox([l1, l2, al]), out]))
+    _show(W.VBox([W.HBox([l1, l2, al]), out]), "worthiness_explorer")
 
 
 def mask_ratio_explorer(mae, images: torch.Tensor, ratios=(0.25, 0.95), device=None):
@@ -183,7 +254,6 @@ def mask_ratio_explorer(mae, images: torch.Tensor, ratios=(0.25, 0.95), device=N
     mask per draw. `images` are normalized network inputs (N, C, H, W); the static twin is
     `viz.plot_mae_reconstructions`."""
     import ipywidgets as W
-    from IPython.display import display
 
     from . import engine
     from .data import augment as aug
@@ -194,7 +264,7 @@ def mask_ratio_explorer(mae, images: torch.Tensor, ratios=(0.25, 0.95), device=N
                           continuous_update=False)
     index = W.IntSlider(0, min=0, max=len(images) - 1, description="face", continuous_update=False)
     seed = W.IntSlider(0, min=0, max=20, description="mask seed", continuous_update=False)
-    out = W.Image(format="png")
+    out = _image()
 
     def draw(*_):
         x = images[index.value: index.value + 1].to(device)
@@ -206,12 +276,12 @@ def mask_ratio_explorer(mae, images: torch.Tensor, ratios=(0.25, 0.95), device=N
             ax.imshow(aug.from_input(img[0].float().cpu()).permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray")
             ax.set_title(title, fontsize=8)
             ax.axis("off")
-        out.value = _png(fig)
+        _draw_png(out, fig)
 
     for w in (ratio, index, seed):
         w.observe(draw, names="value")
     draw()
-    display(W.VBox([W.HBox([ratio, index, seed]), out]))
+    _show(W.VBox([W.HBox([ratio, index, seed]), out]), "mask_ratio_explorer")
 
 
 def plot_cuem_batch(images, similarity, labels, clean_labels, classes, theta: float = 0.1, ncols: int = 8,
@@ -257,12 +327,11 @@ def cuem_theta_explorer(images, similarity, labels, clean_labels, classes, all_s
     """Live: a θ slider over CUEM's rule. Shows the batch's decisions and, when the whole training set's
     similarities are given, the precision and recall of the rule at this θ on all of it."""
     import ipywidgets as W
-    from IPython.display import display
 
     from .methods.cuem import relabel_curve
 
     theta = W.FloatSlider(0.1, min=0.0, max=0.5, step=0.01, description="θ", continuous_update=False)
-    out = W.Image(format="png")
+    out = _image()
 
     def draw(*_):
         summary = ""
@@ -270,12 +339,12 @@ def cuem_theta_explorer(images, similarity, labels, clean_labels, classes, all_s
             row = relabel_curve(all_similarity, all_labels, all_clean, [theta.value]).iloc[0]
             summary = (f"whole training set: {int(row['relabeled'])} relabeled, precision {row['precision']:.2f}, "
                        f"recall {row['recall']:.2f}, noise {row['noise_before']:.2f} → {row['noise_after']:.2f}")
-        out.value = _png(plot_cuem_batch(images, similarity, labels, clean_labels, classes, theta=theta.value,
-                                         summary=summary))
+        _draw_png(out, plot_cuem_batch(images, similarity, labels, clean_labels, classes, theta=theta.value,
+                                       summary=summary))
 
     theta.observe(draw, names="value")
     draw()
-    display(W.VBox([theta, out]))
+    _show(W.VBox([theta, out]), "cuem_theta_explorer")
 
 
 def plot_margin_schedules(T: float = 0.95, B: float = 0.97, gamma: float = 2.718281828459045, epochs: int = 20,
@@ -311,20 +380,19 @@ def plot_margin_schedules(T: float = 0.95, B: float = 0.97, gamma: float = 2.718
 def margin_schedule_explorer(T: float = 0.95, epochs: int = 20):
     """Live: B, gamma, T_c and the floor as sliders over `plot_margin_schedules`."""
     import ipywidgets as W
-    from IPython.display import display
 
     B = W.FloatSlider(0.97, min=0.5, max=1.2, step=0.01, description="B", continuous_update=False)
     gamma = W.FloatSlider(2.718, min=1.05, max=5.0, step=0.05, description="γ", continuous_update=False)
     Tc = W.FloatSlider(T, min=0.1, max=1.0, step=0.01, description="T_c", continuous_update=False)
     floor = W.FloatSlider(0.8, min=0.0, max=0.95, step=0.05, description="floor", continuous_update=False)
-    out = W.Image(format="png")
+    out = _image()
 
     def draw(*_):
         fig, ax = plt.subplots(figsize=(6.5, 3.6))
         plot_margin_schedules(Tc.value, B.value, gamma.value, epochs, floor.value or None, ax=ax)
-        out.value = _png(fig)
+        _draw_png(out, fig)
 
     for w in (B, gamma, Tc, floor):
         w.observe(draw, names="value")
     draw()
-    display(W.VBox([W.HBox([B, gamma]), W.HBox([Tc, floor]), out]))
+    _show(W.VBox([W.HBox([B, gamma]), W.HBox([Tc, floor]), out]), "margin_schedule_explorer")
