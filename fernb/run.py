@@ -4,8 +4,10 @@
 Executes notebooks with papermill under an explicit Jupyter kernel, writes the executed copies back in place (or to
 --output-dir; the smoke profile always goes to a separate folder so test runs never overwrite committed notebooks),
 keeps the partial output notebook of a failed run and names the failing cell, then prints (and writes) one summary
-table of all scorecards. `--check` compares each scorecard's metrics with the regression floors in
-tests/floors.json and exits non-zero when one falls below.
+table of all scorecards. Every executed notebook is tidied (`fernb.nbclean`): no absolute path of the executing
+machine in its metadata or outputs, no path reprs, widget outputs with a text fallback a reader understands.
+`--check` compares each scorecard's metrics with the regression floors in tests/floors.json and exits non-zero when
+one falls below.
 """
 from __future__ import annotations
 
@@ -95,7 +97,20 @@ def execute(path: Path, profile: str, params: dict, output_dir: Path | None, ker
         status["ok"] = False
         status["error"] = _failing_cell(output) if output.is_file() else f"{type(err).__name__}: {err}"
     status["seconds"] = round(time.perf_counter() - t0, 1)
+    if output.is_file():
+        _tidy(output)
     return status
+
+
+def _tidy(output: Path) -> None:
+    """Strip the executing machine's paths (papermill's input/output paths, path reprs) from an executed notebook.
+    A failure here must not cost the run: the notebook is left as papermill wrote it, with a warning."""
+    from .nbclean import tidy_file
+
+    try:
+        tidy_file(output, REPO)
+    except Exception as err:  # noqa: BLE001
+        print(f"  warning: could not tidy {output.name}: {type(err).__name__}: {err}", flush=True)
 
 
 def load_scorecard(notebook: str) -> dict | None:

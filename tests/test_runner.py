@@ -1,5 +1,6 @@
-"""The notebook runner (`python -m fernb run`): a smoke run of notebook 00 against the regression floors, a failing
-notebook that must leave its partial output and name the failing cell, and `check_floors` on crafted scorecards.
+"""The notebook runner (`python -m fernb run`): a smoke run of notebook 00 against the regression floors (and with no
+path of the executing machine in the executed copy), a failing notebook that must leave its partial output and name
+the failing cell, and `check_floors` on crafted scorecards.
 
 The two subprocess tests are marked `notebook` (deselect with `-m "not notebook"`).
 """
@@ -55,6 +56,14 @@ def test_smoke_run_of_the_tour_passes_its_floors(tmp_path):
     nb = nbformat.read(executed, as_version=4)
     assert not [c for c in nb.cells if c.cell_type == "code"
                 for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    # no path of this machine in what a reader sees (fernb.nbclean), and the widget says what it is
+    from fernb.nbclean import machine_paths
+    assert machine_paths(nb) == []
+    assert nb.metadata.papermill["input_path"] == "notebooks/00_synthfer_tour.ipynb"
+    assert nb.metadata.papermill["output_path"] == TOUR.name
+    widget_texts = [o["data"]["text/plain"] for c in nb.cells for o in c.get("outputs", [])
+                    if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert widget_texts and all("needs a live Jupyter kernel" in t for t in widget_texts), widget_texts
     # the committed notebook and its committed figures are untouched by a smoke run
     assert (TOUR.stat().st_mtime_ns, hashlib.sha256(TOUR.read_bytes()).hexdigest()) == before
     assert _snapshot(REPO / "figures" / TOUR.stem) == committed_figures
