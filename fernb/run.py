@@ -1,5 +1,6 @@
 """`python -m fernb run [NOTEBOOK ...] --profile smoke|cpu|gpu|paper [-p key value ...] [--check]`
-(`python -m fernb train ...`: the training jobs that run under torchrun, `fernb.train`.)
+(`python -m fernb train ...`: the training jobs that run under torchrun, `fernb.train`; `python -m fernb site`: the
+browsable site of the executed notebooks, `fernb.site`.)
 
 Executes notebooks with papermill under an explicit Jupyter kernel, writes the executed copies back in place (or to
 --output-dir; the smoke profile always goes to a separate folder so test runs never overwrite committed notebooks),
@@ -199,11 +200,16 @@ def main(argv=None) -> int:
     if argv[:1] == ["train"]:              # its own parser: `python -m fernb train --help`
         from .train import main as train_main
         return train_main(argv[1:])
+    if argv[:1] == ["site"]:               # its own parser: `python -m fernb site --help`
+        from .site import main as site_main
+        return site_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m fernb", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="train a model or pre-train a backbone, on one GPU or under torchrun "
                                  "(python -m fernb train --help)")
+    sub.add_parser("site", help="build the browsable site of the executed notebooks into build/site "
+                                "(python -m fernb site --help)")
     run = sub.add_parser("run", help="execute notebooks with papermill")
     run.add_argument("notebooks", nargs="*", help="names or number prefixes (default: all)")
     run.add_argument("--profile", choices=("smoke", "cpu", "gpu", "paper"), default=None,
