@@ -27,8 +27,11 @@ PATH_REPR = re.compile(r"""^(?:Posix|Windows|Pure(?:Posix|Windows)?)?Path\((['"]
 WIDGET_REPR = re.compile(r"^[A-Z]\w*\((?:children|value|description|options|layout)=", re.S)
 EXPLORER_CALL = re.compile(r"\bwidgets\.(\w+_explorer)\s*\(")
 IPYKERNEL_FILE = re.compile(r"""(?:[^\s'"():]*/)?ipykernel_\d+/\d+\.py""")
-# absolute paths of the usual roots of a machine; used to audit, not to rewrite
-MACHINE_PATH = re.compile(r"""(?<![\w.~])/(?:work|tmp|home|root|Users|var/folders|private|mnt|opt|srv)/[^\s'"<>)\]]*""")
+# absolute paths of the usual roots of a machine, and of the roots holding this checkout and the home folder
+# (a CI clone may live under /check or /builds); used to audit, not to rewrite
+_ROOTS = ["work", "tmp", "home", "root", "Users", "var/folders", "private", "mnt", "opt", "srv"]
+_ROOTS += [p.parts[1] for p in (REPO.resolve(), Path.home()) if len(p.parts) > 1 and p.parts[1] not in _ROOTS]
+MACHINE_PATH = re.compile(r"""(?<![\w.~])/(?:""" + "|".join(map(re.escape, _ROOTS)) + r""")/[^\s'"<>)\]]*""")
 TEXT_MIMES = ("text/plain", "text/html", "text/markdown", "text/latex")
 
 

@@ -59,8 +59,11 @@ def test_port_gives_the_shipped_models_predictions(judge):
     with torch.no_grad():
         ours = judge(x).softmax(1).numpy()
     shipped = _litert_probabilities(x)                 # the package's quantized model, in its own runtime
-    assert (ours.argmax(1) == shipped.argmax(1)).all()
-    assert np.abs(ours - shipped).max() < 0.06         # int8 weights: close, not equal
+    assert np.abs(ours - shipped).max() < 0.06         # int8 weights: close, not equal (measured 0.033)
+    top2 = np.sort(shipped, 1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 0.06             # a near-tie may flip under int8 rounding (one face: 0.006)
+    assert clear.sum() >= 10
+    assert (ours.argmax(1) == shipped.argmax(1))[clear].all()
 
 
 def test_preprocess_cuts_the_box_as_a_square_and_normalises_like_the_package():
