@@ -68,7 +68,7 @@ def run_many(fn: Callable, jobs, *, device="auto", workers: int | None = None, p
 
     device: "auto", "cpu", "cuda", "cuda:N" (`fernb.engine.resolve_device`); workers: processes (None: 
     `default_workers`; 1: in this process, one job after another); threads: torch CPU threads per worker (default:
-    this process's count on the CPU, an equal share of the cores on CUDA). Returns the results in job order; a job
+    an equal share of the usable cores). Returns the results in job order; a job
     that raises stops the batch with a RuntimeError naming the job and carrying the worker's traceback.
     """
     device = resolve_device(device)
@@ -86,8 +86,9 @@ def run_many(fn: Callable, jobs, *, device="auto", workers: int | None = None, p
     except Exception as err:
         raise ValueError(f"run_many with worker processes needs `fn` to be an importable module-level function "
                          f"(or a functools.partial of one), got {fn!r}: {err}") from err
-    if threads is None:
-        threads = torch.get_num_threads() if device.type != "cuda" else max(1, (os.cpu_count() or 1) // n)
+    if threads is None:  # an equal share of the cores: n workers of all this process's threads would oversubscribe
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = max(1, cores // n)
     devices = _worker_devices(device, n)
     ctx = torch.multiprocessing.get_context("spawn")
     tasks, results = ctx.Queue(), ctx.Queue()

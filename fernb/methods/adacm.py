@@ -360,15 +360,18 @@ def classifier_prefix(net) -> str:
 
 
 def create_model(model_name: str, num_classes: int, channels: int, image_size: int, seed: int,
-                 pretrained: dict | None = None):
+                 pretrained: dict | None = None, warm_start: dict | None = None):
     """A fresh model for one run: `torch.manual_seed(seed)` then `models.create`; with `pretrained` (a state dict,
     e.g. `transfer.pretrain_face_recognition(...).state`), every weight but the classifier comes from it
-    (`transfer.transfer_state`) and the classifier stays seeded-random."""
+    (`transfer.transfer_state`) and the classifier stays seeded-random; with `warm_start` (a whole state dict of the
+    same network, e.g. a supervised model of the same seed: `warm_start_model`), every weight comes from it."""
     from .transfer import transfer_state
 
     torch.manual_seed(seed)
     net = models.create(model_name, num_classes, in_chans=channels, img_size=image_size)
-    if pretrained is not None:
+    if warm_start is not None:
+        net.load_state_dict(warm_start)
+    elif pretrained is not None:
         transfer_state(pretrained, net, skip=(classifier_prefix(net),))
     return net
 
@@ -392,8 +395,8 @@ def _fingerprint(state: dict | None) -> str:
 
 def run(spec: Spec, pool: FERDataset, n_labeled: int, seed: int, tests: dict, *, model: str, steps: int,
         steps_per_epoch: int, batch_size: int, uratio: int, lr: float, ema_momentum: float,
-        val: FERDataset | None = None, pretrained=None, device=None, checkpoint_dir=None, source: str = "default",
-        progress: bool = False) -> RunResult:
+        val: FERDataset | None = None, pretrained=None, warm_start=None, device=None, checkpoint_dir=None,
+        source: str = "default", progress: bool = False) -> RunResult:
     """Train `spec` on `pool` with `n_labeled` labels and evaluate its EMA model on every set in `tests`.
 
     The seed varies every random part: the labeled subset (`labeled_view`), the classifier's (and, without
@@ -402,12 +405,15 @@ def run(spec: Spec, pool: FERDataset, n_labeled: int, seed: int, tests: dict, *,
     `seconds` is the training time its epochs recorded (validation included), so it survives a reload."""
     data = labeled_view(pool, n_labeled, seed)
     method = make_method(spec.method, **spec.kwargs)
-    net = create_model(model, pool.num_classes, pool.channels, pool.image_size, seed, pretrained)
+    if isinstance(warm_start, dict) and seed in warm_start and not torch.is_tensor(warm_start[seed]):
+        warm_start = warm_start[seed]            # {seed: state}: each seed continues from its own warm start
+    net = create_model(model, pool.num_classes, pool.channels, pool.image_size, seed, pretrained, warm_start)
     ckpt = None
     if checkpoint_dir is not None:
         key = json.dumps({"spec": [spec.method, spec.kwargs], "n": n_labeled, "seed": seed, "source": source,
                           "pool": [pool.name, len(pool)], "model": model, "steps": steps, "spe": steps_per_epoch,
-                          "bs": batch_size, "u": uratio, "lr": lr, "ema": ema_momentum, "pre": _fingerprint(pretrained)},
+                          "bs": batch_size, "u": uratio, "lr": lr, "ema": ema_momentum, "pre": _fingerprint(pretrained),
+                          "warm": _fingerprint(warm_start)},
                          sort_keys=True, default=str)
         ckpt = Path(checkpoint_dir) / f"{spec.method}-{seed}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
     trainer = semisup.SemiSupervisedTrainer(net, data, None, method, steps=steps, steps_per_epoch=steps_per_epoch,
@@ -548,7 +554,7 @@ def _compare(results, a: str, b: str, test: str, *, direction: str = ">", metric
 def ranking(results, names, test: str, paper_value: str = "Ada-CM", metric: str = "accuracy", **where):
     """Evidence for "`paper_value` is among the best of `names` on `test`" (`scorecard.optimum`). The rows compared
     are those run with every seed `paper_value` has (rows with fewer seeds are left out rather than cutting the
-    comparison down to their seeds); with one seed the best set is every row and no verdict can be made."""
+    comparison down to their seeds); with one seed there is no interval, and the claim is not measurable."""
     from .. import scorecard as sc
 
     per = {n: {r.seed: r.tests[test][metric] for r in select(results, n, **where)} for n in names}
@@ -556,5 +562,8 @@ def ranking(results, names, test: str, paper_value: str = "Ada-CM", metric: str 
         return sc.not_measurable(f"rows {sorted(n for n, v in per.items() if v)}", f"no run of {paper_value}")
     seeds = sorted(per[paper_value])
     kept = {n: [v[s] for s in seeds] for n, v in per.items() if set(seeds) <= set(v)}
+    if len(seeds) < 2:
+        measured = ", ".join(f"{n}: {v[0]:.3f}" for n, v in kept.items())
+        return sc.not_measurable(measured, "one seed per method: no interval to rank them with")
     n_test = len(select(results, paper_value, **where)[0].tests[test]["correct"])
     return sc.optimum(kept, seeds, paper_value, n_test=n_test, name="method")

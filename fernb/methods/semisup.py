@@ -378,7 +378,10 @@ class SemiSupervisedTrainer:
         if unlabeled is None:
             unlabeled = labeled.subset(labeled.labels < 0)
         if len(unlabeled) == 0:
-            raise ValueError("no unlabeled rows")
+            if method.weak_views or method.strong_views:
+                raise ValueError("no unlabeled rows")
+            # a labels-only method (the every-label bound) views no unlabeled image: one labeled row stands in
+            unlabeled = labeled.subset(labeled_rows[:1])
         self.labeled = labeled.subset(labeled_rows).to(self.device)
         self.unlabeled = unlabeled.to(self.device)
         self.num_classes = labeled.num_classes

@@ -46,20 +46,16 @@ __all__ = ["SupervisedOnly", "PseudoLabeling", "MixMatch", "ReMixMatch", "sharpe
 #   the run, mixup alpha = 0.75 (the class defaults).
 # "finetune": USB's (Wang et al., NeurIPS 2022, microsoft/Semi-supervised-learning, config/usb_cv/mixmatch) values for
 #   a *pretrained* backbone fine-tuned for a short run: lambda_u = 10, warm-up over the first 40 % of the steps,
-#   alpha = 0.5. Measured on notebook 05's cpu setting (resnet_mini with a SynthFER face-recognition backbone, 210
-#   steps, 978 labels, seeds 0-2): "paper" collapsed onto one class in 3 of 3 seeds (test accuracy 0.143, every
-#   prediction one class: the 75-weighted consistency term reaches full weight after ~3 steps, on a model that
-#   has not yet learned the labels), "finetune" trained (0.311, 0.293, 0.276).
+#   alpha = 0.5. Why this matters for a short fine-tuning run: with "paper", the 75-weighted consistency term
+#   reaches full weight after 2 % of the steps, before the model has learned the labels, and a run can collapse
+#   onto one class (notebook 05 flags such runs under its tables, from the runs it made).
 MIXMATCH_SETTINGS = {"paper": {}, "finetune": {"lambda_u": 10.0, "rampup": 0.4, "alpha": 0.5}}
 
 # ReMixMatch's settings by regime (keyword arguments of `ReMixMatch`).
 # "paper": Algorithm 1 of Berthelot et al. 2020: labeled rows strongly augmented, only the strong views mixed.
 # "finetune": USB's layout for a pretrained backbone (semilearn/algorithms/remixmatch): labeled rows weakly
-#   augmented and the weak anchor view mixed with the strong ones; its usb_cv weights are the paper's (1.5, 0.5,
-#   alpha 0.75, warm-up 1/64), so only the layout changes. Measured on notebook 05's cpu setting (as above, seeds
-#   0-2): "paper" 0.143 / 0.181 / 0.179 (seeds 0 and 2 collapsed: >= 90 % of the test predictions in one class),
-#   "finetune" 0.261 / 0.217 / 0.226 (none collapsed). Both stay below supervised only (0.294) there: every
-#   unlabeled image is trained towards a guess that is right for about 3 in 10 of them.
+#   augmented and the weak anchor view mixed in with the strong ones; its usb_cv weights are the paper's (1.5, 0.5,
+#   alpha 0.75, warm-up 1/64), so only the layout changes.
 REMIXMATCH_SETTINGS = {"paper": {}, "finetune": {"labeled_view": "weak", "mix_anchor": True}}
 
 
