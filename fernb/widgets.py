@@ -115,7 +115,7 @@ def au_explorer(identity: int = 3, size: int = 160):
 
     sliders = {au: W.FloatSlider(0.0, min=0, max=1, step=0.05, description=f"AU{au}",
                                  tooltip=synthfer.AU_NAMES[au], continuous_update=False,
-                                 layout=W.Layout(width="260px")) for au in synthfer.AUS}
+                                 layout=W.Layout(width="240px")) for au in synthfer.AUS}
     ident = W.IntSlider(identity, min=0, max=199, description="identity", continuous_update=False)
     yaw = W.FloatSlider(0.0, min=-40, max=40, step=2, description="yaw °", continuous_update=False)
     roll = W.FloatSlider(0.0, min=-25, max=25, step=1, description="roll °", continuous_update=False)
@@ -138,9 +138,11 @@ def au_explorer(identity: int = 3, size: int = 160):
     preset.observe(apply_preset, names="value")
     for w in (*sliders.values(), ident, yaw, roll):
         w.observe(draw, names="value")
-    grid = W.GridBox(list(sliders.values()), layout=W.Layout(grid_template_columns="repeat(2, 270px)"))
+    grid = W.GridBox(list(sliders.values()), layout=W.Layout(grid_template_columns="repeat(2, 245px)"))
     draw()
-    _show(W.HBox([W.VBox([preset, ident, yaw, roll, grid]), out]), "au_explorer")
+    # controls and face side by side in ~750 px (a site's text column); narrower, the face wraps below
+    _show(W.HBox([W.VBox([preset, ident, yaw, roll, grid]), out], layout=W.Layout(flex_flow="row wrap")),
+          "au_explorer")
 
 
 def plot_relabel_batch(images, probs, labels, alpha, clean_labels, classes, beta=0.7, delta2=0.2, ncols=8):
