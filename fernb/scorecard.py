@@ -45,7 +45,10 @@ _VERDICT_WORDS = re.compile(r"\b(holds?|does not hold|inconclusive)\b", re.IGNOR
 
 def _clean(x):
     if isinstance(x, float):
-        return None if math.isnan(x) else round(x, 4)
+        if math.isnan(x):
+            return None
+        # 4 decimals, but a small nonzero number keeps 4 significant digits (a beta of 1e-5 is not 0)
+        return round(x, 4) if x == 0 or abs(x) >= 1e-3 or math.isinf(x) else float(f"{x:.4g}")
     if isinstance(x, dict):
         return {k: _clean(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):

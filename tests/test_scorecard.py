@@ -182,3 +182,12 @@ def test_invalid_run_withholds_the_verdict_and_keeps_the_numbers():
     assert out.verdict == "inconclusive" and ev.verdict == "holds"            # a copy; the original is untouched
     assert out.interval == ev.interval and out.seeds == ev.seeds and out.measured == ev.measured
     assert out.rule.startswith(ev.rule) and out.rule.endswith("B diverged in seed 1")
+
+
+def test_stored_numbers_keep_small_values_and_round_the_rest():
+    card = sc.Scorecard("00_clean_test", "smoke", "synthfer")
+    card.context.update(betas=[1e-5, 1e-4, 0.1], acc=0.123456, zero=0.0)
+    row = sc._clean(card.context)
+    assert row["betas"] == [1e-5, 1e-4, 0.1]            # not [0.0, 0.0001, 0.1]
+    assert row["acc"] == 0.1235 and row["zero"] == 0.0
+    assert sc._clean(float("nan")) is None and sc._clean(2.34567e-10) == 2.346e-10
