@@ -922,3 +922,42 @@ def plot_margin_audit(margins, val_per_class, history: dict, classes, reference_
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+# ---- DAL-Net (notebook 04): the Softmax-MSE gradients and the worthiness ranking -----------------------------------
+def plot_softmax_mse_gradients(grads: dict, classes, title: str = "gradient on one image, true class fear (index 4)"):
+    """Bars of dL/d logit per class for Eq. 6 (= cross-entropy) and the exact derivative of Eq. 5."""
+    fig, ax = plt.subplots(figsize=(7, 2.8))
+    width = 0.27
+    for i, (name, g) in enumerate((("Eq. 6 (= cross-entropy)", grads["softmax"]),
+                                   ("exact derivative of Eq. 5", grads["mse"]))):
+        ax.bar(np.arange(len(g)) + (i - 0.5) * width, g.numpy(), width, label=name)
+    ax.set_xticks(range(len(classes)))
+    ax.set_xticklabels(classes, rotation=20, fontsize=8)
+    ax.axhline(0, color="0.5", lw=0.8)
+    ax.set_ylabel("dL / d logit")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+def plot_worthiness_ranks(report: dict, probs, b: int):
+    """Left: the web pool ranked by worthiness, coloured by kind (dashed: the top w*b); right: the selection
+    probabilities W^s of Eq. 11-12 within the top w*b. `report` from `dalnet_experiments.worthiness_report`."""
+    colors = {"non-face": "tab:red", "face, wrong web label": "tab:orange", "face, right web label": "tab:blue"}
+    ranked = report["frame"].iloc[report["order"]].reset_index(drop=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3))
+    for name, c in colors.items():
+        sel = ranked[ranked["kind"] == name]
+        axes[0].scatter(sel.index, sel["W"], s=4, color=c, label=name)
+    axes[0].axvline(len(report["top"]), color="0.3", ls="--", lw=1)
+    axes[0].set_xlabel("rank")
+    axes[0].set_ylabel("W (Eq. 9)")
+    axes[0].legend(fontsize=7)
+    axes[0].set_title("the pool ranked by worthiness; dashed: top w*b", fontsize=9)
+    axes[1].bar(range(len(probs)), np.asarray(probs), color=[colors[k] for k in report["top"]["kind"]])
+    axes[1].set_xlabel("rank within the top w*b")
+    axes[1].set_ylabel("$W^s$ (Eq. 11-12)")
+    axes[1].set_title(f"selection probabilities; b = {b} are drawn", fontsize=9)
+    fig.tight_layout()
+    return fig

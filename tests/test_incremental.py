@@ -148,3 +148,24 @@ def test_run_incremental_never_selects_a_candidate_twice_and_accounts_cost():
     picked = blind.selected[1]
     wrong = (~web.is_face[picked]) | (web.labels[picked] != web.clean_labels[picked])
     assert r.cost == 0 and r.used == 10 and r.used_wrong == int(wrong.sum())
+
+
+def test_replay_ratio_sets_the_web_share_and_the_no_web_control_looks_at_nothing():
+    web = _web(60)
+    train = FERDataset(images=web.images[:40].clone(), labels=torch.arange(40) % 7, name="train")
+    cfg = FinetuneConfig(model_name="dalnet_mini", batch_size=16, stage1_steps=1, stage2_steps=1)
+    torch.manual_seed(0)
+    start = models.create("dalnet_mini", 7, in_chans=1, img_size=32).state_dict()
+    kw = dict(cfg=cfg, selector="random", rounds=2, b=10, steps=2, seed=1, device="cpu")
+    whole = I.run_incremental(start, train, web, train, replay_train=True, **kw)
+    half = I.run_incremental(start, train, web, train, replay_train=1.0, **kw)
+    alone = I.run_incremental(start, train, web, train, replay_train=False, **kw)
+    assert all(s < 0.35 for s in whole.web_share)                 # at most 20 web rows beside 40 replayed
+    assert all(s == pytest.approx(0.5) for s in half.web_share)   # r = 1: as many replayed rows as web rows
+    assert all(s == 1.0 for s in alone.web_share)
+    control = I.run_incremental(start, train, web, train, cfg=cfg, selector=I.NO_WEB, rounds=2, b=10, steps=2,
+                                seed=1, device="cpu")
+    assert [r.looks for r in control.rounds] == [0, 0, 0] and [r.cost for r in control.rounds] == [0, 0, 0]
+    assert len(control.rounds) == 3 and control.web_share == []
+    with pytest.raises(ValueError, match="replay_train"):
+        I.run_incremental(start, train, web, train, replay_train=-1.0, **kw)

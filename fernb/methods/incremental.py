@@ -27,9 +27,13 @@ Choices the paper leaves open, and what is done here:
 * **alpha** is not given; 0.25 is AFT*'s value (ceil(0.25 * 9) = 3 patches). **w** is not given; 3 by default.
 * **m in Eq. 7** is read as the number of patches kept (the mean entropy over them).
 * **Fine-tuning data.** Alg. 1 fine-tunes on H u Z; the introduction says all annotated samples join the training.
-  `replay_train=True` (the default) fine-tunes on the original FER training set plus H u Z, so a round of a few
-  hundred web images cannot make the model forget the FER data it was built on; `replay_train=False` is Alg. 1's
-  literal H u Z. Each round fine-tunes from M_{T-1} for a fixed number of steps at a small learning rate.
+  `replay_train=True` fine-tunes on the whole original FER training set plus H u Z, so a round of a few hundred web
+  images cannot make the model forget the FER data it was built on, but the web images are then a small share of
+  what it trains on (100 of 1,100 images); a number r replays a seeded random sample of the training set r times
+  the size of H u Z (r = 1: half of each round's data is web images); `replay_train=False` is Alg. 1's literal
+  H u Z. Each round fine-tunes from M_{T-1} for a fixed number of steps at a small learning rate.
+* **The no-web control** (`selector="none"`): the same rounds and steps from M_0 on the training set alone, no
+  candidate looked at: what the steps buy without the web images.
 * **Cost.** One unit per candidate looked at: a face is labeled (its clean label, whether the web label was right
   or not), a non-face is rejected and yields nothing. Every selector looks at b candidates a round, so selectors
   are compared at equal annotation cost; what differs is how many of those looks buy a usable label.
@@ -55,9 +59,10 @@ from .transfer import FinetuneConfig, loss_step
 
 __all__ = ["patch_boxes", "cut_patches", "patch_probs", "dominant_class", "top_alpha_patches", "patch_entropy",
            "patch_diversity", "Worthiness", "worthiness", "sampling_probabilities", "randomized_select",
-           "Annotator", "SELECTORS", "RoundRecord", "IncrementalResult", "run_incremental", "concat"]
+           "Annotator", "SELECTORS", "NO_WEB", "RoundRecord", "IncrementalResult", "run_incremental", "concat"]
 
 SELECTORS = ("worthiness", "entropy", "diversity", "random")
+NO_WEB = "none"   # the control: the same rounds and steps without web images
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -309,6 +314,7 @@ class IncrementalResult:
     annotator: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
     state: dict | None = None                           # M_T on the CPU (when asked)
+    web_share: list = field(default_factory=list)       # share of web images in each round's fine-tuning data
 
     def frame(self):
         import pandas as pd
@@ -332,14 +338,18 @@ def run_incremental(start_state: dict, train: FERDataset, web: FERDataset, test:
                     cfg: FinetuneConfig, selector: str = "worthiness", rounds: int = 2, b: int = 200,
                     w: float = 3.0, lambda1: float = 1.0, lambda2: float = 0.5, alpha: float = 0.25,
                     grid: int = 3, fraction: float = 2 / 3, steps: int = 150, lr: float | None = None,
-                    replay_train: bool = True, annotate: bool = True, seed: int = 0, device=None,
+                    replay_train: bool | float = True, annotate: bool = True, seed: int = 0, device=None,
                     progress: bool = False, keep_state: bool = False) -> IncrementalResult:
     """Alg. 1 from M_0 = `start_state` (the two-stage model): `rounds` rounds of select b web candidates ->
-    annotate -> fine-tune M_{T-1} on H u Z (plus `train` when `replay_train`) for `steps` steps at `lr`
-    (default cfg.lr2, the stage-2 rate). Round 0 records M_0 itself. See the module docstring for the selectors
-    and the choices made. `seed` drives the randomized selection and the fine-tuning batches."""
-    if selector not in SELECTORS:
-        raise ValueError(f"selector must be one of {SELECTORS}, got {selector!r}")
+    annotate -> fine-tune M_{T-1} on H u Z plus the replayed training images (`replay_train`: True = all of them,
+    a number r = a random r x |H u Z| of them, False = none) for `steps` steps at `lr` (default cfg.lr2, the
+    stage-2 rate). Round 0 records M_0 itself; `selector="none"` is the no-web control. See the module docstring
+    for the selectors and the choices made. `seed` drives the randomized selection, the replay sample and the
+    fine-tuning batches."""
+    if selector not in SELECTORS + (NO_WEB,):
+        raise ValueError(f"selector must be one of {SELECTORS + (NO_WEB,)}, got {selector!r}")
+    if replay_train is not True and replay_train is not False and float(replay_train) < 0:
+        raise ValueError(f"replay_train must be True, False or a ratio >= 0, got {replay_train!r}")
     device = engine.resolve_device(device)
     lr = cfg.lr2 if lr is None else lr
     torch.manual_seed(seed)
@@ -364,6 +374,15 @@ def run_incremental(start_state: dict, train: FERDataset, web: FERDataset, test:
     result.selected.append(torch.empty(0, dtype=torch.long))
     for T in range(1, rounds + 1):
         t0 = time.perf_counter()
+        if selector == NO_WEB:          # the control: the same steps on the training set, no web image
+            model.train()
+            _fit_round(model, train, cfg=cfg, steps=steps, lr=lr, device=device, seed=seed * 101 + T,
+                       progress=progress)
+            metrics = engine.evaluate(model, test, device=device)
+            result.rounds.append(RoundRecord(T, metrics["accuracy"], metrics["mean_class_accuracy"], 0, 0.0, 0, 0,
+                                             0, 0, 0, 0, time.perf_counter() - t0))
+            result.selected.append(torch.empty(0, dtype=torch.long))
+            continue
         # H <- J(M_{T-1}(L), L): labeled candidates the current model gets wrong (before this round's fine-tune)
         have = (labeled >= 0).nonzero().flatten()
         hard = torch.empty(0, dtype=torch.long)
@@ -394,9 +413,14 @@ def run_incremental(start_state: dict, train: FERDataset, web: FERDataset, test:
         rows_ft = torch.cat([use, hard[~torch.isin(hard, use)]])
         labels_ft = labeled[rows_ft]
         parts = [(web.subset(rows_ft), labels_ft)]
-        if replay_train:
+        if replay_train is True:
             parts.insert(0, (train, train.labels))
+        elif replay_train is not False and float(replay_train) > 0:
+            n_replay = min(len(train), int(round(float(replay_train) * len(rows_ft))))
+            sample = torch.randperm(len(train), generator=g)[:n_replay]
+            parts.insert(0, (train.subset(sample), train.labels[sample]))
         data = concat(parts)
+        result.web_share.append(len(rows_ft) / max(1, len(data)))
         model.train()
         _fit_round(model, data, cfg=cfg, steps=steps, lr=lr, device=device, seed=seed * 101 + T, progress=progress)
         metrics = engine.evaluate(model, test, device=device)
