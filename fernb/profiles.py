@@ -127,7 +127,9 @@ NOTEBOOKS = {
     # each round (1: half of a round's data is web images); no_annotation = the control that takes the web labels as
     # given; workers = processes for the side-by-side runs (fernb.parallel.run_many).
     # cpu, measured on SynthFER v3 (2-core VM): source 1,000 steps on 200 identities x 30 images -> 0.74 held-out
-    # identity accuracy (about 2 min); seed 0 at 250 + 250 steps: two-stage k = 0 / 3 / 5 0.68 / 0.62 / 0.60.
+    # identity accuracy (about 2 min); seed 0 at 250 + 250 steps: two-stage k = 0 / 3 / 5 0.68 / 0.62 / 0.60. A full
+    # run at 250 + 250 steps, k = 0-5, 800 web candidates and 150 steps per round took 25.1 min (2026-12-05), so the
+    # sweep keeps k = 0, 1, 3, 5, the stages 200 + 200 steps, the pool 600 candidates and the rounds 100 steps.
     "04_dalnet_active_incremental": {
         "smoke": dict(n_pool=600, n_train=300, n_val=150, n_test=300, image_size=48, model="dalnet_mini",
                       model_kwargs={"batch_norm": True}, batch_size=32, seeds=(0, 1), pretrain_identities=40,
@@ -138,8 +140,8 @@ NOTEBOOKS = {
         "cpu": dict(n_pool=2000, n_train=1000, n_val=400, n_test=2000, image_size=48, model="dalnet_mini",
                     model_kwargs={"batch_norm": True}, batch_size=64, seeds=(0, 1, 2), pretrain_identities=200,
                     pretrain_images=6000, pretrain_steps=1000, pretrain_batch=128, pretrain_lr=3e-3,
-                    stage1_steps=250, stage2_steps=250, lr1=2e-3, lr2=7e-4, ks=(0, 1, 2, 3, 4, 5),
-                    activations=("relu",), n_web=800, b=100, rounds=2, ail_steps=150,
+                    stage1_steps=200, stage2_steps=200, lr1=2e-3, lr2=7e-4, ks=(0, 1, 3, 5),
+                    activations=("relu",), n_web=600, b=100, rounds=2, ail_steps=100,
                     selectors=("worthiness", "entropy", "diversity", "random"), replay=1.0, no_annotation=False,
                     workers=2),
         "gpu": dict(n_pool=8000, n_train=5000, n_val=1000, n_test=3000, image_size=64, model="dalnet",
@@ -162,28 +164,33 @@ NOTEBOOKS = {
         "cpu": dict(epochs=12),
     },
     # Notebook 03 (Hu et al.: ResNet + ARM, SCL against a labeled MoCo queue, CUEM). Each seed draws its own data
-    # subset, initialization, augmentation and noise; queue_size is capped at n_train by the trainer; alphas / betas
-    # are the Fig. 5 sweeps in the paper's units (epochs of 100, mapped onto `epochs`); noise_levels: the theta
-    # curves; noise_rate: SynthFER's injected noise (real data: 0, in the notebook); workers / threads: processes of
-    # parallel.run_many and torch threads in each (cpu: two one-thread processes fill 2 cores; None: its default).
-    # smoke trains at lr 3e-3 in batches of 32 (the paper's 1e-3 at 64 leaves 14 steps that predict one class).
+    # subset, initialization, augmentation and noise, and trains one shared warm start (the ARM baseline with CE on
+    # its given labels, warm_epochs at warm_lr, checkpointed) that every configuration continues from for `epochs`
+    # (fernb.methods.scl_experiments: the paper fine-tunes a pre-trained ResNet-18). queue_size is capped at n_train;
+    # alphas / betas are the Fig. 5 sweeps in the paper's units (epochs of 100, mapped onto `epochs`; the learning
+    # rate's 10 % per epoch is mapped the same way); noise_levels: the theta curves (each with its own warm start);
+    # noise_rate: SynthFER's injected noise (real data: 0, in the notebook); workers: processes of parallel.run_many.
+    # cpu, measured on the 2-core machine (seed 0): warm start 0.60 in 45 s; from it, 5 epochs of the baseline 0.67,
+    # + SCL 0.67 with 5-NN 0.55 on its features, 709 CUEM relabels (the same 5 epochs from random weights: ~0.3).
+    # Whole notebook from empty checkpoints: 13.1 min wall (8 warm starts 3.6 min, 32 runs ~8 min; 2026-12-05).
     "03_scl_cuem_arm": {
-        "smoke": dict(n_train=500, n_val=150, n_test=400, image_size=48, model="resnet_mini_arm", model_kwargs={},
-                      epochs=3, batch_size=32, lr=3e-3, seeds=(0, 1), queue_size=256, noise_rate=0.2,
-                      alphas=(20, 30), betas=(1e-4, 1e-1), noise_levels=(0.0, 0.2), tsne_points=300, workers=1,
-                      threads=None),
-        "cpu": dict(n_train=2000, n_val=400, n_test=1500, image_size=56, model="resnet_mini_arm", model_kwargs={},
-                    epochs=6, batch_size=64, lr=1e-3, seeds=(0, 1, 2), queue_size=2048, noise_rate=0.2,
-                    alphas=(20, 30, 35), betas=(1e-5, 1e-4, 1e-1), noise_levels=(0.0, 0.1, 0.2, 0.3),
-                    tsne_points=600, workers=2, threads=1),
-        "gpu": dict(n_train=10000, n_val=1000, n_test=3000, image_size=64, model="resnet18_arm",
-                    model_kwargs={"output_stride": 16}, epochs=12, batch_size=256, lr=1e-3, seeds=(0, 1, 2, 3, 4),
-                    queue_size=8192, noise_rate=0.2, alphas=(20, 25, 30, 35), betas=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
-                    noise_levels=(0.0, 0.1, 0.2, 0.3), tsne_points=1000, workers=None, threads=None),
-        "paper": dict(image_size=224, model="resnet18_arm", model_kwargs={}, epochs=100, batch_size=256, lr=1e-3,
-                      seeds=(0, 1, 2), queue_size=8192, noise_rate=0.2, alphas=(20, 25, 30, 35),
-                      betas=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1), noise_levels=(0.0, 0.1, 0.2, 0.3), tsne_points=2000,
-                      workers=None, threads=None),
+        "smoke": dict(n_train=500, n_val=150, n_test=400, image_size=48, channels=1, model="resnet_mini_arm",
+                      model_kwargs={}, epochs=2, warm_epochs=2, warm_lr=3e-3, batch_size=32, lr=1e-3, seeds=(0, 1),
+                      queue_size=256, noise_rate=0.2, alphas=(20, 30), betas=(1e-4, 1e-1), noise_levels=(0.0, 0.2),
+                      tsne_points=300, workers=1),
+        "cpu": dict(n_train=3000, n_val=400, n_test=2000, image_size=48, channels=1, model="resnet_mini_arm",
+                    model_kwargs={}, epochs=5, warm_epochs=10, warm_lr=3e-3, batch_size=64, lr=1e-3, seeds=(0, 1, 2),
+                    queue_size=1024, noise_rate=0.2, alphas=(20, 30, 35), betas=(1e-5, 1e-4, 1e-1),
+                    noise_levels=(0.0, 0.2, 0.3), tsne_points=600, workers=2),
+        "gpu": dict(n_train=10000, n_val=1000, n_test=3000, image_size=64, channels=1, model="resnet18_arm",
+                    model_kwargs={"output_stride": 16}, epochs=12, warm_epochs=15, warm_lr=1e-3, batch_size=256,
+                    lr=1e-3, seeds=(0, 1, 2, 3, 4), queue_size=8192, noise_rate=0.2, alphas=(20, 25, 30, 35),
+                    betas=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1), noise_levels=(0.0, 0.1, 0.2, 0.3), tsne_points=1000,
+                    workers=None),
+        "paper": dict(image_size=224, channels=3, model="resnet18_arm", model_kwargs={}, epochs=100, warm_epochs=20,
+                      warm_lr=1e-3, batch_size=256, lr=1e-3, seeds=(0, 1, 2), queue_size=8192, noise_rate=0.2,
+                      alphas=(20, 25, 30, 35), betas=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1), noise_levels=(0.0, 0.1, 0.2, 0.3),
+                      tsne_points=2000, workers=None),
     },
     # Notebook 01 (FUCLE). n_train is the AL pool; steps = optimizer steps of every AL fit (al_batch_size each);
     # sweep_seeds = how many of the seeds the Fig. 3 / Fig. 4 sweeps re-run; scale_pool / scale_epochs = the

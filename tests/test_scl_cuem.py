@@ -287,3 +287,33 @@ def test_run_job_reports_the_audit_batch_accuracy_and_rebuilds_the_trained_net()
                    batch_size=16, use_scl=False, use_cuem=False, progress=False, keep_state=True)
     assert base["relabeled"] == 0 and math.isnan(base["relabel_precision"])
     assert not hasattr(rebuild(base["state"], "resnet_mini_arm", 3, 3, 48), "queue")
+
+
+# ---- the warm start, the mapped learning-rate decay and the L_sup / queue counters ---------------------------------
+def test_mapped_decay_counters_and_a_warm_start_shared_across_poolings():
+    from fernb.methods.scl import load_shared_weights, run_job
+
+    data = _tiny()
+    res = train_scl(models.create("resnet_mini_arm", 3, img_size=48), data, epochs=2, batch_size=16, queue_size=32,
+                    lr=1e-3, lr_decay=0.9, decay_in_paper_epochs=True, alpha=30, progress=False, seed=0)
+    h = res.history
+    steps = h["total_steps"]
+    # the rate after each epoch: 0.9 ** (paper epochs elapsed), 50 after the first of two and 100 at the end
+    assert h["lr"] == pytest.approx([1e-3 * 0.9 ** 50, 1e-3 * 0.9 ** 100])
+    # lambda > beta exactly while the paper epoch of the step is <= alpha = 30: steps with 100 (t + 1) / T <= 30
+    assert h["sup_on_steps"] == sum(1 for t in range(steps) if 100 * (t + 1) / steps <= 30)
+    assert h["sup_on_full_queue_steps"] <= h["sup_on_steps"] and h["queue_full_step"] == 1   # 32 slots, 16 a step
+    warm = run_job(train=data, test=data, model_name="resnet_mini_arm", img_size=48, seed=0, epochs=1, batch_size=16,
+                   use_scl=False, use_cuem=False, progress=False, keep_model_state=True)
+    arm = models.create("resnet_mini_arm", 3, img_size=48)
+    load_shared_weights(arm, {k: v for k, v in warm["model_state"].items() if not k.startswith("pool.")})
+    assert torch.equal(arm.state_dict()["fc.weight"], warm["model_state"]["fc.weight"])   # pool.* may be absent
+    with pytest.raises(ValueError, match="shapes differ"):           # plain pooling's classifier reads 256 values
+        load_shared_weights(models.create("resnet_mini_arm", 3, img_size=48, pooling="avg"), warm["model_state"])
+    with pytest.raises(ValueError, match="does not fit"):
+        load_shared_weights(arm, {**warm["model_state"], "trunk.nonsense": torch.zeros(1)})
+    cont = run_job(train=data, test=data, model_name="resnet_mini_arm", img_size=48, seed=0, epochs=1, batch_size=16,
+                   use_scl=False, use_cuem=False, progress=False, init_state=warm["model_state"], lr=0.0,
+                   keep_model_state=True)
+    weights = [k for k, v in warm["model_state"].items() if v.is_floating_point() and "running" not in k]
+    assert all(torch.equal(cont["model_state"][k], warm["model_state"][k]) for k in weights)   # lr 0: it started there

@@ -59,7 +59,7 @@ from .cuem import class_similarity, cuem_relabel
 from .drm import RelabelLog
 
 __all__ = ["lambda_schedule", "paper_epoch", "scaled_momentum", "SCLNet", "SCLResult", "train_scl",
-           "query_embeddings", "evaluate_batch_size", "run_job", "rebuild", "PAPER_EPOCHS"]
+           "query_embeddings", "evaluate_batch_size", "run_job", "rebuild", "load_shared_weights", "PAPER_EPOCHS"]
 
 PAPER_EPOCHS = 100           # Sec. III-B: "trained for 100 epochs"
 _MOCO_LAG_SHARE = 1000 / 4800
@@ -208,14 +208,16 @@ def train_scl(model: nn.Module, train: FERDataset, val: FERDataset | None = None
               paper_epochs: int = PAPER_EPOCHS, theta: float = 0.1, queue_size: int = 8192,
               temperature: float = 0.1, momentum: float | None = None, projection_dim: int = 128,
               cuem_start: float = 0.3, augment="weak", device=None, seed: int = 0, progress: bool = True,
-              desc: str = "SCL") -> SCLResult:
+              desc: str = "SCL", decay_in_paper_epochs: bool = False) -> SCLResult:
     """Train `model` (in place) on the labeled rows of `train` with L_FER + lambda L_sup and CUEM (see the module
     docstring for the step). `use_scl=False, use_cuem=False` is the CE baseline through the same loop.
 
     alpha and beta are in the paper's units (epochs of `paper_epochs`, mapped onto this run's `epochs`);
     `queue_size` is capped at the number of labeled training rows (a queue larger than the data would hold stale
     copies of the same images); `momentum=None` scales MoCo's 0.999 to the run (`scaled_momentum`);
-    `lr_decay` is the per-epoch factor of the learning rate (the paper's 10 % decay: 0.9).
+    `lr_decay` is the per-epoch factor of the learning rate (the paper's 10 % decay: 0.9); with
+    `decay_in_paper_epochs` it is applied per *paper* epoch, mapped onto the run like alpha (the learning rate of
+    step t is lr * lr_decay ** floor(paper epoch before t)), so a short run ends where the paper's 100 epochs end.
 
     Under torchrun (a process group of more than one process) the step runs in DistributedDataParallel:
     `batch_size` is the global batch, every rank draws the same seeded permutation and takes its shard; keys,
@@ -253,7 +255,11 @@ def train_scl(model: nn.Module, train: FERDataset, val: FERDataset | None = None
     params = [p for p in (*model.parameters(), *(net.projection.parameters() if use_scl else ()))
               if p.requires_grad]
     optimizer = make_optimizer(params, name="adam", lr=lr, weight_decay=weight_decay, device=device)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=lr_decay)
+    if decay_in_paper_epochs:                     # stepped every optimizer step
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda t: lr_decay ** math.floor(paper_epochs * t / max(1, total_steps) + 1e-9))
+    else:                                         # stepped every epoch
+        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=lr_decay)
     scaler = make_scaler(device)
     runner = _QueryStep(net)
     if world > 1:
@@ -278,6 +284,8 @@ def train_scl(model: nn.Module, train: FERDataset, val: FERDataset | None = None
     from tqdm.auto import tqdm
     step = 0
     lam = 0.0
+    sup_on = [0, 0]                               # steps with lambda > beta; of those, with a full queue
+    queue_full_step = None
     bar = tqdm(range(epochs), desc=desc, disable=not progress or rank != 0, leave=False)
     for epoch in bar:
         t0 = time.perf_counter()
@@ -323,15 +331,23 @@ def train_scl(model: nn.Module, train: FERDataset, val: FERDataset | None = None
                     y = y_new
                 if use_scl:
                     sup = supcon_queue_loss(z_q, y, net.queue.keys, net.queue.labels, temperature)
+                    if lam > beta:                # L_sup on (Eq. 4's ramp): is the queue it reads full yet?
+                        sup_on[0] += 1
+                        sup_on[1] += int(net.queue.full)
+                if queue_full_step is None and net.queue.full:
+                    queue_full_step = step
             ce = F.cross_entropy(logits.float(), y)
             loss = ce + lam * sup
             optimizer_step(loss, optimizer, scaler)
+            if decay_in_paper_epochs:
+                scheduler.step()
             with torch.no_grad():
                 sums[:3] += torch.stack([loss.detach(), ce.detach(), sup.detach()]) * len(index)
                 sums[3] += (logits.detach().argmax(1) == y).sum()
             step += 1
         history["lr"].append(optimizer.param_groups[0]["lr"])
-        scheduler.step()
+        if not decay_in_paper_epochs:
+            scheduler.step()
         totals = distributed.all_reduce_sum(sums.clone()) if world > 1 else sums
         seen = steps_per_epoch * batch_size
         loss_e, ce_e, sup_e, correct_e, relabeled_e = totals.tolist()
@@ -359,6 +375,8 @@ def train_scl(model: nn.Module, train: FERDataset, val: FERDataset | None = None
         history["val_similarity_acc"].append(sim_acc)
         history["seconds"].append(time.perf_counter() - t0)
         bar.set_postfix(loss=f"{history['loss'][-1]:.3f}", val=f"{val_acc:.3f}", relabeled=history["relabeled"][-1])
+    history.update(sup_on_steps=sup_on[0], sup_on_full_queue_steps=sup_on[1], queue_full_step=queue_full_step,
+                   total_steps=total_steps)
     net.eval()
     model.eval()
     return SCLResult(model=model, net=net, labels=labels.detach().cpu().clone(), initial_labels=initial_labels,
@@ -369,7 +387,7 @@ def train_scl(model: nn.Module, train: FERDataset, val: FERDataset | None = None
 def run_job(*, train: FERDataset, test: FERDataset, val: FERDataset | None = None, model_name: str,
             img_size: int, seed: int, model_kwargs: dict | None = None, keep_state: bool = False,
             similarity_on_train: bool = False, embed_test: bool = False, batch_eval: tuple = (),
-            device=None, **train_kwargs) -> dict:
+            init_state: dict | None = None, keep_model_state: bool = False, device=None, **train_kwargs) -> dict:
     """Build `model_name` with seed `seed`, train it with `train_scl(**train_kwargs)` on `train` (already noisy, if
     the experiment wants noise), evaluate on `test`; a module-level function with picklable arguments and result,
     so `fernb.parallel.run_many` can run many of them side by side on a GPU.
@@ -380,7 +398,11 @@ def run_job(*, train: FERDataset, test: FERDataset, val: FERDataset | None = Non
     request: state (the SCLNet state_dict: model, projections, queue) and labels (`keep_state`), similarity (S_cos of
     every training image against the final queue, eval mode, for the u histograms and the theta curves;
     `similarity_on_train`), embeddings (the trunk's pooled features r of the test images, `embed_test`),
-    batch_accuracy {(affinity mode, batch size): accuracy} (`batch_eval`, ARM models only).
+    batch_accuracy {(affinity mode, batch size): accuracy} (`batch_eval`, ARM models only), model_state (the
+    classifier's own state_dict, `keep_model_state`: a warm start for other runs).
+
+    `init_state` starts the model from a classifier state_dict (a shared warm start) instead of random weights
+    (`load_shared_weights`: ARM's pooling parameters may be absent from it, nothing else).
     """
     from .. import engine, models
     from .cuem import queue_similarity
@@ -390,6 +412,8 @@ def run_job(*, train: FERDataset, test: FERDataset, val: FERDataset | None = Non
     torch.manual_seed(seed)
     model = models.create(model_name, train.num_classes, in_chans=train.channels, img_size=img_size,
                           **(model_kwargs or {}))
+    if init_state is not None:
+        load_shared_weights(model, init_state)
     result = train_scl(model, train, val, device=device, seed=seed, **train_kwargs)
     metrics = engine.evaluate(model, test, device=device)
     truth = test.labels.cpu()
@@ -422,11 +446,29 @@ def run_job(*, train: FERDataset, test: FERDataset, val: FERDataset | None = Non
                 accs[(mode, int(bs))] = evaluate_batch_size(model, test, int(bs), device=device)
         model.set_affinity_eval("running")
         out["batch_accuracy"] = accs
+    if keep_model_state:
+        out["model_state"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if keep_state:
         out["state"] = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in result.net.state_dict().items()}
         out["labels"] = result.labels
     out["seconds"] = time.perf_counter() - t0
     return out
+
+
+def load_shared_weights(model: nn.Module, state: dict) -> None:
+    """Load `state` into `model`; keys only one side has may belong to the pooling layer alone (ARM's buffers or
+    parameters), anything else is an error, as is a shape that differs (a different trunk or classifier: plain
+    pooling's classifier reads 256 values, ARM's (2h - 3)^2, so they cannot share one)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    odd = [k for k in missing + extra if not k.startswith(("pool", "arm"))]
+    if odd:
+        raise ValueError(f"warm start does not fit this model: {odd[:5]}")
+    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if wrong:
+        raise ValueError(f"warm start shapes differ from the model's: {wrong[:5]}")
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
 
 
 @torch.no_grad()
