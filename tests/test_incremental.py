@@ -126,12 +126,17 @@ def test_annotator_reveals_clean_labels_rejects_nonfaces_and_counts_every_look()
     assert ann.looks == 4
 
 
-def test_run_incremental_never_selects_a_candidate_twice_and_accounts_cost():
+def _incremental_setup(n_train: int):
+    """A 60-candidate web pool, `n_train` training rows cut from it, a one-step config and a seeded M_0."""
     web = _web(60)
-    train = FERDataset(images=web.images[:30].clone(), labels=torch.arange(30) % 7, name="train")
+    train = FERDataset(images=web.images[:n_train].clone(), labels=torch.arange(n_train) % 7, name="train")
     cfg = FinetuneConfig(model_name="dalnet_mini", batch_size=16, stage1_steps=1, stage2_steps=1)
     torch.manual_seed(0)
-    start = models.create("dalnet_mini", 7, in_chans=1, img_size=32).state_dict()
+    return web, train, cfg, models.create("dalnet_mini", 7, in_chans=1, img_size=32).state_dict()
+
+
+def test_run_incremental_never_selects_a_candidate_twice_and_accounts_cost():
+    web, train, cfg, start = _incremental_setup(30)
     for selector in I.SELECTORS:
         res = I.run_incremental(start, train, web, train, cfg=cfg, selector=selector, rounds=3, b=8, steps=2,
                                 seed=0, device="cpu")
@@ -151,11 +156,7 @@ def test_run_incremental_never_selects_a_candidate_twice_and_accounts_cost():
 
 
 def test_replay_ratio_sets_the_web_share_and_the_no_web_control_looks_at_nothing():
-    web = _web(60)
-    train = FERDataset(images=web.images[:40].clone(), labels=torch.arange(40) % 7, name="train")
-    cfg = FinetuneConfig(model_name="dalnet_mini", batch_size=16, stage1_steps=1, stage2_steps=1)
-    torch.manual_seed(0)
-    start = models.create("dalnet_mini", 7, in_chans=1, img_size=32).state_dict()
+    web, train, cfg, start = _incremental_setup(40)
     kw = dict(cfg=cfg, selector="random", rounds=2, b=10, steps=2, seed=1, device="cpu")
     whole = I.run_incremental(start, train, web, train, replay_train=True, **kw)
     half = I.run_incremental(start, train, web, train, replay_train=1.0, **kw)

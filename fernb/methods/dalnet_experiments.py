@@ -28,6 +28,7 @@ from ..data import synthfer as S
 from ..data.sources import has_clean_labels, load_splits
 from . import incremental as I
 from . import transfer as T
+from .adacm import COLLAPSE_SHARE, top_class_share
 
 # ---------------------------------------------------------------------------------------------------------------
 # The paper's numbers (papers/003), as data: Tables 3-4 (stage 1, stage 2 per frozen-layer count k), Table 9 and
@@ -46,7 +47,6 @@ PAPER_T9 = {"FER2013": {"DAL + Softmax-MSE (DAL-Net)": (62.30, 65.04),
                          "relu + cross-entropy (without DAL and Softmax-MSE)": (45.12, 47.38)}}
 PAPER_T10 = {"FER2013": [65.49, 66.57, 67.08], "SFEW 2.0": [48.15, 52.02, 51.90]}
 DALNET = "DAL + Softmax-MSE (DAL-Net)"
-COLLAPSE_SHARE = 0.9
 
 
 def load_data(P, dataset: str = "synthfer", data_root=None, seed: int = 0, web_noise: float = 0.4,
@@ -149,9 +149,9 @@ def frame_of(runs) -> pd.DataFrame:
     return frame
 
 
-def top_class_share(confusion) -> float:
-    pred = np.asarray(confusion, dtype=float).sum(axis=0)
-    return float(pred.max() / pred.sum())
+def collapsed_seeds(runs, seeds) -> list:
+    """The seeds whose run predicts one class for >= COLLAPSE_SHARE of the test images (adacm.top_class_share)."""
+    return [s for s, r in zip(seeds, runs) if top_class_share(r.final.confusion) >= COLLAPSE_SHARE]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -191,8 +191,7 @@ def transfer_takeaway(frame, seeds, K: int, sources: dict, paper_k: int) -> str:
 def table9(ablation: dict, column: str | None) -> pd.DataFrame:
     return pd.DataFrame({name: {"stage 1": np.mean([r.stages["stage1"].test_accuracy for r in runs]),
                                 "stage 2": np.mean([r.final.test_accuracy for r in runs]),
-                                "collapsed seeds": sum(top_class_share(r.final.confusion) >= COLLAPSE_SHARE
-                                                       for r in runs),
+                                "collapsed seeds": len(collapsed_seeds(runs, range(len(runs)))),
                                 f"paper stage 1 ({column or '-'})": PAPER_T9.get(column, {}).get(name, (None, None))[0],
                                 f"paper stage 2 ({column or '-'})": PAPER_T9.get(column, {}).get(name, (None, None))[1]}
                          for name, runs in ablation.items()}).T
@@ -312,8 +311,8 @@ def claims(card: sc.Scorecard, c: dict) -> None:
 
     def paired(a, b, names, **kw):
         ev = sc.paired(final[a], final[b], seeds, n_test=n_test, names=names, **kw)
-        bad = [f"{n} (seeds {[s for s, r in zip(seeds, c['ablation'][n]) if top_class_share(r.final.confusion) >= COLLAPSE_SHARE]})"
-               for n in (a, b) if any(top_class_share(r.final.confusion) >= COLLAPSE_SHARE for r in c["ablation"][n])]
+        bad = [f"{n} (seeds {collapsed_seeds(c['ablation'][n], seeds)})" for n in (a, b)
+               if collapsed_seeds(c["ablation"][n], seeds)]
         return sc.invalid_run(ev, "collapsed onto one class: " + "; ".join(bad)) if bad else ev
 
     card.claim("DAL helps: DAL vs a single ReLU, both with Softmax-MSE (Table 9, DAL alone)", "-",

@@ -235,12 +235,12 @@ def regime_table(R, d, warm: dict) -> pd.DataFrame:
         scl_run, prop = R[("table", SCL, s)], R[("table", PROPOSED, s)]
         labels = d.data[s]["train"].clean_labels if d.truth == "clean labels" else d.data[s]["train"].labels
         y_test = d.data[s]["test"].labels.numpy()
+        gap = similarity_gap(scl_run["similarity"], labels)
         rows[s] = {"warm start": warm[(d.noise, s, "arm")]["accuracy"], "baseline": R[("table", BASE, s)]["accuracy"],
                    "+ SCL": scl_run["accuracy"], "proposed": prop["accuracy"],
                    "5-NN, CE features": knn_accuracy(R[("table", BASE, s)]["embeddings"], y_test),
                    "5-NN, SCL features": knn_accuracy(scl_run["embeddings"], y_test),
-                   "S_cos own class": similarity_gap(scl_run["similarity"], labels)["own"],
-                   "S_cos other classes": similarity_gap(scl_run["similarity"], labels)["other"],
+                   "S_cos own class": gap["own"], "S_cos other classes": gap["other"],
                    "L_sup steps with a full queue": queue_share(scl_run["history"]),
                    "CUEM relabels (proposed)": prop["relabeled"], "relabel precision": prop["relabel_precision"],
                    "CUEM relabels (+ CUEM)": R[("table", CUEM, s)]["relabeled"]}
