@@ -85,10 +85,12 @@ def test_missing_package_file_is_named():
 
 
 def test_synthfer_prototypes_read_as_their_expressions(judge):
-    """The credibility target: a model trained on real faces reads SynthFER's clean prototypes (macro recall >= 0.65;
-    measured 0.68 at VERSION 3, 0.36 at VERSION 2)."""
+    """The credibility target: a model trained on real faces reads SynthFER's clean prototypes (macro recall >= 0.65
+    and every class >= 0.40; measured 0.736 with disgust the lowest at 0.475 at VERSION 4, 0.68 with disgust 0.10
+    at VERSION 3, 0.36 at VERSION 2)."""
     report = J.judge_report(S.prototype_faces(40, size=96), model=judge)
     assert report["n"] == 280
     assert report["macro_recall"] >= 0.65, report["recall"]
+    assert min(report["recall"].values()) >= 0.40, report["recall"]
     assert set(report["recall"]) == set(CLASSES_7)
     assert report["confusion"].sum() == 280

@@ -36,7 +36,7 @@ from torch.nn import functional as F
 from .dataset import UNLABELED, FERDataset
 from .labels import CLASSES_8, classes as class_names
 
-VERSION = 3  # bump when rendering changes, so caches are rebuilt
+VERSION = 4  # bump when rendering changes, so caches are rebuilt
 RESPONSE = 0.6  # visible movement = intensity ** RESPONSE (see `render`)
 
 AUS = ("1", "2", "4", "5", "6", "7", "9", "10", "12", "12L", "14", "14L", "15", "16", "20", "23", "26")
@@ -360,20 +360,21 @@ def render(params: dict, ident: dict, size: int = 64, return_masks: bool = False
     lines_k = 0.3 * (au["1"] * _bump(AX, 0.3) + au["2"] * _bump(AX - 0.24, 0.2))
     wave = (torch.cos((fy + 0.36 + 0.25 * X * X) * (2 * math.pi / 0.06)) - 0.3).clamp(min=0)
     tone = tone - lines_k * _bump(fy + 0.36, 0.12) * wave
-    # AU4: vertical furrows between the brows; AU9 adds a crease across the nose root
-    # (FACS: AU4 bunches the skin between the brows into vertical furrows and may crease the root of the nose)
-    tone = tone - 0.55 * (au["4"] + 0.5 * au["9"]).clamp(max=1) * _bump(fy + 0.12, 0.085) * _bump(
+    # AU4: vertical furrows between the brows; AU9 a crease across the nose root and only faint furrows
+    # (FACS: AU4 bunches the skin between the brows into vertical furrows; AU9's wrinkles run across the root)
+    tone = tone - 0.55 * (au["4"] + 0.15 * au["9"]).clamp(max=1) * _bump(fy + 0.12, 0.085) * _bump(
         AX - 0.035 + 0.012 * au["4"], 0.017)
     tone = tone - (0.3 * au["9"] + 0.2 * au["4"]) * _bump(fy + 0.03, 0.014) * _bump(AX, 0.065)
-    # the brows: inner end raised by AU1, outer by AU2, lowered and pulled together by AU4 (and AU9)
+    # the brows: inner end raised by AU1, outer by AU2, lowered and pulled together by AU4; AU9 lowers the inner
+    # end only (its muscle, the procerus, pulls down the skin between the brows), so its brow slants, not a V
     gap = v(ident["brow_gap"])
-    x_in = gap - 0.05 * au["4"] - 0.04 * au["9"]
+    x_in = gap - 0.05 * au["4"] - 0.01 * au["9"]
     x_out = gap + 0.22
     # (AU1 with AU4 lifts the inner end while AU4 draws it in: the oblique brow of sadness, the flat raised brow
     # of fear; AU4 alone gives the V of anger)
-    y_in = ey - 0.135 - 0.09 * au["1"] + 0.085 * au["4"] * (1 - 0.5 * au["1"]) + 0.075 * au["9"]
+    y_in = ey - 0.135 - 0.09 * au["1"] + 0.085 * au["4"] * (1 - 0.5 * au["1"]) + 0.09 * au["9"]
     y_out = (ey - 0.13 - 0.095 * au["2"] + 0.04 * au["4"] * (1 - 0.4 * torch.maximum(au["1"], au["2"]))
-             + 0.025 * au["9"] + 0.02 * au["1"] * (1 - au["2"]))
+             - 0.03 * au["9"] + 0.02 * au["1"] * (1 - au["2"]))
     arch = (v(ident["brow_arch"]) + 0.04 * au["2"] - 0.045 * au["4"] - 0.02 * au["1"] * (1 - au["2"])).clamp(min=-0.01)
     span = x_out - x_in
     t = (AX - x_in) / span
@@ -390,8 +391,9 @@ def render(params: dict, ident: dict, size: int = 64, return_masks: bool = False
     prof = (1 - xi * xi).clamp(min=0)
     # lowered brows (AU4 without AU1/AU2 lifting them) press on the lid: AU5 then bares less of the eye (a glare)
     press = au["4"] * (1 - torch.maximum(au["1"], au["2"]))
-    # (AU9 pulls the cheeks up too: FACS lists the narrowed eye aperture among its signs)
-    h_top = eh * (1 + 1.05 * au["5"] * (1 - 0.75 * press) - 0.4 * au["7"] - 0.45 * au["6"] - 0.55 * au["9"]
+    # (AU9 pulls the cheeks up too, narrowing the eye more than AU7: FACS lists the narrowed aperture and the
+    # bagged lower lid among its signs)
+    h_top = eh * (1 + 1.05 * au["5"] * (1 - 0.75 * press) - 0.4 * au["7"] - 0.45 * au["6"] - 0.8 * au["9"]
                   - 0.3 * press).clamp(min=0.12)
     h_bot = eh * 0.55 * (1 + 0.3 * au["5"] - 1.0 * au["7"] - 0.8 * au["6"] - 1.0 * au["9"]).clamp(min=0.12)
     # AU1 with AU4 (no AU2/AU5) lifts the inner corner of the upper lid and lets the outer part sag: the slanted,
@@ -403,7 +405,7 @@ def render(params: dict, ident: dict, size: int = 64, return_masks: bool = False
     # upper-lid crease (smoothed away as AU5 retracts the lid), lower-lid line, and the fold under the eye
     # that AU6 and AU7 raise
     tone = tone - 0.22 * (1 - au["5"]) * _bump(fy - top + 0.03, 0.011) * prof
-    tone = tone - (0.08 + 0.22 * au["6"] + 0.12 * au["7"] + 0.18 * au["9"]) * _bump(fy - bot - 0.045, 0.015) * _bump(xi, 1.15)
+    tone = tone - (0.08 + 0.22 * au["6"] + 0.12 * au["7"] + 0.3 * au["9"]) * _bump(fy - bot - 0.045, 0.015) * _bump(xi, 1.15)
     # crow's feet fan out from the outer corner with AU6
     tone = tone - 0.35 * au["6"] * _bump(xi - 1.35, 0.3) * _bump(fy, 0.07) * (
         torch.cos((fy - 0.25 * (xi - 1)) * (2 * math.pi / 0.035)).clamp(min=0))
@@ -442,11 +444,12 @@ def render(params: dict, ident: dict, size: int = 64, return_masks: bool = False
     flat = (1 - t2 * t2).clamp(min=0).sqrt()
     squeeze = (1 - 0.75 * au["23"]) * (1 - 0.5 * au["20"])         # AU20 stretches the opening flat
     # AU10 draws the centre of the upper lip straight up and its outer parts less (an angular upper lip); AU16
-    # pulls the lower lip down, most in its middle: lips parted in the centre while the corners stay closed
+    # pulls the lower lip down, most in its middle: lips parted in the centre while the corners stay closed, the
+    # lower teeth mostly behind the lip (a bared lower row reads as a shout)
     tri = (1 - tm.abs()).clamp(min=0)
     peak = tri * (2 - tri)
     low_open = ((0.15 * au["26"] + 0.015 * au12 + 0.035 * au12 * au["6"]) * (round_ + (flat - round_) * au["20"])
-                + 0.045 * au["16"] * peak + 0.02 * au["20"] * flat) * squeeze
+                + 0.028 * au["16"] * peak + 0.02 * au["20"] * flat) * squeeze
     up_open = (0.05 * au["10"] * peak + 0.025 * au12 * au["6"] * round_ + 0.012 * au["26"] * round_) * squeeze
     top_o, bot_o = line - up_open, line + low_open
     lip = v(ident["lip"]) * (1 - 0.65 * au["23"]) * (1 - 0.35 * au["20"]) * (1 - 0.3 * au12)
@@ -455,7 +458,7 @@ def render(params: dict, ident: dict, size: int = 64, return_masks: bool = False
     lips = inside_x * _ramp(top_o - lip_up - Y, soft) * _ramp(Y - bot_o - lip_low, soft)
     hole = inside_x * _ramp(top_o - Y, soft * 0.8) * _ramp(Y - bot_o, soft * 0.8) * (up_open + low_open > 0.004).float()
     teeth_up = hole * _ramp(Y - top_o - 0.04, soft) * (au["10"] + au12 + 0.6 * au["20"]).clamp(max=1)
-    teeth_low = hole * _ramp(bot_o - 0.032 - Y, soft) * (au["16"] + 0.8 * au["20"] + 0.3 * au["10"]).clamp(max=1)
+    teeth_low = hole * _ramp(bot_o - 0.032 - Y, soft) * (0.3 * au["16"] + 0.8 * au["20"] + 0.3 * au["10"]).clamp(max=1)
     seam = inside_x * _bump(Y - line, 0.011) * (1 - hole)
     dlow = Y - bot_o - lip_low
     tone = tone - (0.16 + 0.15 * au["23"] + 0.1 * au["15"]) * _bump(dlow - 0.03, 0.022) * _bump(tm, 0.9)
@@ -468,7 +471,7 @@ def render(params: dict, ident: dict, size: int = 64, return_masks: bool = False
     span_f = _bump(sf - 0.5, 0.55)
     tone = tone - fold_depth * _bump(AX - xf + 0.006, 0.022) * span_f
     tone = tone + 0.4 * fold_depth * _bump(AX - xf - 0.03, 0.025) * span_f          # the cheek bulges beside it
-    tone = tone + (0.08 * au["6"] + 0.04 * au12 + 0.05 * au["9"]) * (1 - ((AX - ex - 0.02) / 0.13) ** 2 - ((fy - 0.2) / 0.09) ** 2).clamp(min=0)
+    tone = tone + (0.08 * au["6"] + 0.04 * au12 + 0.12 * au["9"]) * (1 - ((AX - ex - 0.02) / 0.13) ** 2 - ((fy - 0.2) / 0.09) ** 2).clamp(min=0)
     # AU15 draws lines down from the corners; AU14 a dimple beside them
     sm = (Y - my - corner) / 0.13
     tone = tone - 0.35 * au["15"] * _bump(AX - mw - 0.03 * sm, 0.014) * _bump(sm - 0.5, 0.5)
