@@ -192,38 +192,64 @@ NOTEBOOKS = {
                       alphas=(20, 25, 30, 35), betas=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1), noise_levels=(0.0, 0.1, 0.2, 0.3),
                       tsne_points=2000, workers=None),
     },
-    # Notebook 01 (FUCLE). n_train is the AL pool; steps = optimizer steps of every AL fit (al_batch_size each);
-    # sweep_seeds = how many of the seeds the Fig. 3 / Fig. 4 sweeps re-run; scale_pool / scale_epochs = the
-    # larger pool of the scale figure. SynthFER's noise_rate is 0.3; real data defaults to 0 (in the notebook).
-    # sigma = the threshold of the "FUCLE + sigma data addition" arm (Sec. 3.1), None = no such arm (cpu budget).
+    # Notebook 01 (FUCLE). n_train is the AL pool. Every arm of a seed starts from one warm start (a stand-in for
+    # the paper's pre-trained backbone): `warm_steps` steps of 64 at `warm_lr` on `n_source` SynthFER images of other
+    # people (fernb.methods.fucle_experiments). SupCon: `pretrain_epochs` at `pretrain_lr`, batch `batch_size`; the
+    # DRM and the CE control: `drm_epochs` of `drm_batch_size` at `lr`; every AL fit: `steps` steps of
+    # `al_batch_size` at `fit_lr` from its arm's checkpoint. All strategies run on the first `strategy_seeds` seeds,
+    # random and least confidence on every seed. `control_arms`: Table 2 controls that also run active learning;
+    # `step1_controls`: step-1 variants trained (their no-AL accuracy is a control too). Sweeps: delta1 on every
+    # seed, delta2 on `delta2_seeds`, Fig. 3 on `sweep_seeds` (initial fractions; one `max_cycles` run read cycle by
+    # cycle). `scale_pool` / `scale_noise`: the second relabeling regime (symmetric noise, from the warm start).
+    # sigma = the threshold of the "FUCLE + sigma data addition" arm (Sec. 3.1), None = no such arm.
     "01_fucle_active_learning": {
-        "smoke": dict(n_train=800, n_val=200, n_test=600, n_seeds=2, pretrain_epochs=2, drm_epochs=3, cycles=2,
-                      initial_fraction=0.1, budget_fraction=0.1, steps=25, al_batch_size=32,
-                      strategies=("random", "least_confidence"), sweep_seeds=1, sweep_values=(0.0, 0.3),
-                      initial_fractions=(0.2,), cycle_counts=(1,), scale_pool=1500, scale_epochs=3,
-                      noise_rate=0.3, deepfool_candidates=300, sigma=None),
-        # cpu: one seed of the 3,000-image version measured 437 s wall / 506 s CPU (step 1 with its controls 344 s
-        # of it), so 3 seeds did not fit 15 min; step 1's cost scales with pool x epochs, hence the smaller pool.
-        # 1,500 images, 3 + 4 epochs, 60 steps: 5.0 min wall, so the pool and epochs were raised to these sizes:
-        # 9.2 min wall / 1,046 s process CPU with 2,000 test images, 8.3 min / 941 s with 5,000 (the test set the
-        # evidence standard asks for; evaluation is cheap next to step 1) (3 seeds, quiet 2-core machine, 2026-11-23).
-        "cpu": dict(n_train=2000, n_val=400, n_test=5000, image_size=48, n_seeds=3, pretrain_epochs=4,
-                    drm_epochs=5, cycles=3, initial_fraction=0.05, budget_fraction=0.05, steps=80,
-                    al_batch_size=32, strategies=("random", "least_confidence"), sweep_seeds=1,
-                    sweep_values=(0.0, 0.2, 0.35), initial_fractions=(0.15,), cycle_counts=(1,),
-                    scale_pool=4000, scale_epochs=4, noise_rate=0.3, deepfool_candidates=1000, sigma=None),
-        "gpu": dict(n_train=12000, n_val=2000, n_test=6000, n_seeds=5, pretrain_epochs=30, drm_epochs=20, cycles=7,
-                    initial_fraction=0.05, budget_fraction=0.05, steps=300, al_batch_size=64,
-                    strategies=("random", "least_confidence", "margin", "entropy", "bald", "coreset", "badge", "glister", "deepfool"), sweep_seeds=3,
-                    sweep_values=(0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35), initial_fractions=(0.1, 0.15),
-                    cycle_counts=(3, 5, 10), scale_pool=40000, scale_epochs=12, noise_rate=0.3,
-                    deepfool_candidates=None, sigma=0.95),
-        "paper": dict(n_seeds=3, pretrain_epochs=100, drm_epochs=40, cycles=7, initial_fraction=0.05,
-                      budget_fraction=0.05, steps=1000, al_batch_size=64,
-                      strategies=("random", "least_confidence", "margin", "entropy", "bald", "coreset", "badge", "glister", "deepfool"), sweep_seeds=3,
-                      sweep_values=(0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35), initial_fractions=(0.1, 0.15),
-                      cycle_counts=(3, 5, 10), scale_pool=None, scale_epochs=40, noise_rate=0.0,
-                      deepfool_candidates=None, sigma=0.95),
+        "smoke": dict(n_train=600, n_val=150, n_test=300, n_seeds=2, n_source=500, warm_steps=60, warm_lr=3e-3,
+                      pretrain_epochs=1, pretrain_lr=3e-3, drm_epochs=2, drm_batch_size=64, lr=1e-3, fit_lr=1e-3,
+                      cycles=1, initial_fraction=0.1, budget_fraction=0.1, steps=10, al_batch_size=16,
+                      strategies=("random", "least_confidence", "margin"), strategy_seeds=1,
+                      control_arms=("control: SupCon + CE + LC",), step1_controls=("ce", "drm_no_relabel"),
+                      sweep_seeds=2, initial_fractions=(0.1, 0.2), max_cycles=2, delta1_values=(0.05, 0.15),
+                      delta2_values=(0.0, 0.5), delta2_seeds=1, scale_pool=500, scale_noise=0.4, noise_rate=0.3,
+                      deepfool_candidates=100, diagnosis_images=300, diagnosis_epochs=1, sigma=None),
+        # cpu: 3 seeds; all nine strategies on 2 of them, random and LC on all 3. A first run with AL fits of 60 steps
+        # at lr 1e-3, delta2 on 2 seeds and a 1,500-image x 4-epoch diagnosis took 21.9 min from empty checkpoints
+        # (2026-12-05), and its cycle-0 fits on 150 noisy labels fell to 0.49 from the warm start's 0.645: fits are
+        # now 40 steps at 3e-4, delta2 runs on one seed, the diagnosis is 1,000 images x 3 epochs, and delta1's main
+        # value reuses the seed's own DRM (README: the measured time of this setting).
+        "cpu": dict(n_train=3000, n_val=400, n_test=2000, image_size=48, n_seeds=3, n_source=2000, warm_steps=300,
+                    warm_lr=3e-3, pretrain_epochs=6, pretrain_lr=3e-3, drm_epochs=6, drm_batch_size=64, lr=1e-3,
+                    fit_lr=3e-4, cycles=4, initial_fraction=0.05, budget_fraction=0.05, steps=40, al_batch_size=32,
+                    strategies=("random", "least_confidence", "margin", "entropy", "bald", "coreset", "badge",
+                                "glister", "deepfool"), strategy_seeds=2,
+                    control_arms=("control: SupCon + CE + LC",), step1_controls=("ce", "drm_no_relabel"),
+                    sweep_seeds=2, initial_fractions=(0.05, 0.15), max_cycles=7, delta1_values=(0.05, 0.15, 0.3),
+                    delta2_values=(0.0, 0.2, 0.5), delta2_seeds=1, scale_pool=4000, scale_noise=0.4, noise_rate=0.3,
+                    deepfool_candidates=500, diagnosis_images=1000, diagnosis_epochs=3, sigma=None),
+        "gpu": dict(n_train=12000, n_val=2000, n_test=6000, n_seeds=5, n_source=8000, warm_steps=1500, warm_lr=3e-3,
+                    pretrain_epochs=30, pretrain_lr=3e-3, drm_epochs=20, drm_batch_size=128, lr=1e-3, fit_lr=1e-3,
+                    cycles=7, initial_fraction=0.05, budget_fraction=0.05, steps=300, al_batch_size=64,
+                    strategies=("random", "least_confidence", "margin", "entropy", "bald", "coreset", "badge",
+                                "glister", "deepfool"), strategy_seeds=5,
+                    control_arms=("control: SupCon + CE + LC", "control: SupCon + DRM, relabeling off + LC",
+                                  "control: NT-Xent (no labels) + LC"), step1_controls=("ce", "drm_no_relabel", "ntxent"),
+                    sweep_seeds=3, initial_fractions=(0.05, 0.1, 0.15), max_cycles=10,
+                    delta1_values=(0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35),
+                    delta2_values=(0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35), delta2_seeds=3, scale_pool=40000,
+                    scale_noise=0.4, noise_rate=0.3, deepfool_candidates=None, diagnosis_images=4000,
+                    diagnosis_epochs=8, sigma=0.95),
+        "paper": dict(n_seeds=3, n_source=20000, warm_steps=5000, warm_lr=1e-3, pretrain_epochs=100,
+                      pretrain_lr=1e-3, drm_epochs=40, drm_batch_size=64, lr=1e-3, fit_lr=1e-3, cycles=7,
+                      initial_fraction=0.05, budget_fraction=0.05, steps=1000, al_batch_size=64,
+                      strategies=("random", "least_confidence", "margin", "entropy", "bald", "coreset", "badge",
+                                  "glister", "deepfool"), strategy_seeds=3,
+                      control_arms=("control: SupCon + CE + LC", "control: SupCon + DRM, relabeling off + LC",
+                                    "control: NT-Xent (no labels) + LC"),
+                      step1_controls=("ce", "drm_no_relabel", "ntxent"), sweep_seeds=3,
+                      initial_fractions=(0.05, 0.1, 0.15), max_cycles=10,
+                      delta1_values=(0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35),
+                      delta2_values=(0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35), delta2_seeds=3, scale_pool=None,
+                      scale_noise=0.4, noise_rate=0.0, deepfool_candidates=None, diagnosis_images=4000,
+                      diagnosis_epochs=8, sigma=0.95),
     },
 }
 

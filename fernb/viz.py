@@ -297,7 +297,9 @@ def plot_relabel_vs_accuracy(frames: dict, label_accuracy: float, ax=None, truth
 
     `frames` maps a run name to `fernb.methods.fucle.relabel_frame(...)` (one row per relabeling epoch).
     Relabeling replaces a label by the model's prediction, so it can only help once the model is more accurate
-    than the labels it corrects: the dashed line marks the accuracy of the given labels (1 - noise).
+    than the labels it corrects: the dashed line marks the accuracy of the given labels (1 - noise). Pools with
+    different noise pass `label_accuracy` as {run name: accuracy}: one dashed line per distinct value, in the
+    colour of the first run that has it.
     """
     fig = None
     if ax is None:
@@ -308,19 +310,28 @@ def plot_relabel_vs_accuracy(frames: dict, label_accuracy: float, ax=None, truth
         c = colors[i % len(colors)]
         ax[0].plot(f["val_accuracy"], f["precision"], marker="o", color=c, label=name)
         ax[1].plot(f["val_accuracy"], f["noise_rate"], marker="o", color=c, label=name)
+    accuracies = label_accuracy if isinstance(label_accuracy, dict) else {None: label_accuracy}
+    names = list(frames)
+    lines = {}
+    for name, acc in accuracies.items():
+        i = names.index(name) if name in names else None
+        lines.setdefault(round(float(acc), 6), "0.3" if i is None or len(accuracies) == 1 else colors[i % len(colors)])
     for a in ax:
-        a.axvline(label_accuracy, color="0.3", ls="--", lw=1)
+        for acc, c in lines.items():
+            a.axvline(acc, color=c, ls="--", lw=1)
         a.set_xlabel("model accuracy on the validation split (this epoch)")
         a.grid(alpha=0.3)
     ax[0].axhline(0.5, color="0.6", ls=":", lw=1)
     ax[0].set_ylabel(f"relabel precision (vs {truth})")
     ax[0].set_title("share of label changes that are right")
-    ax[1].axhline(1 - label_accuracy, color="0.6", ls=":", lw=1)
+    for acc, c in lines.items():
+        ax[1].axhline(1 - acc, color=c, ls=":", lw=1)
     ax[1].set_ylabel("label noise after the epoch")
     ax[1].set_title("noise of the training labels")
     ax[0].legend(fontsize=7)
-    ax[1].annotate("accuracy of the\ngiven labels", (label_accuracy, 0.02), xycoords=("data", "axes fraction"),
-                   fontsize=7, ha="right", color="0.3")
+    for acc, c in lines.items():
+        ax[1].annotate("accuracy of the\ngiven labels", (acc, 0.02), xycoords=("data", "axes fraction"),
+                       fontsize=7, ha="right", color=c)
     return fig or ax[0].figure
 
 

@@ -63,6 +63,8 @@ def peak_mb(m) -> float:
 # ---------------------------------------------------------------------------------------------------------------
 # Step 1 and its controls
 # ---------------------------------------------------------------------------------------------------------------
+CONTROLS = ("ce", "drm_no_relabel", "ntxent")   # the step-1 controls `step1` can train besides SupCon and the DRM
+
 @dataclass
 class Step1:
     """What step 1 produced for one seed: checkpoints per variant, the DRM runs, costs, and each step-1 model's test
@@ -82,10 +84,15 @@ class Step1:
 
 def step1(pool: FERDataset, *, val: FERDataset, test: FERDataset, model_name: str, checkpoint_dir: Path,
           pretrain_epochs: int, drm_epochs: int, batch_size: int, lr: float, temperature: float = 0.1,
-          drm_kwargs: dict | None = None, controls: bool = True, device=None, seed: int = 0,
-          progress: bool = False) -> Step1:
-    """FUCLE step 1 on `pool` (given labels, possibly noisy) for one seed, plus the controls when `controls`.
+          drm_kwargs: dict | None = None, controls=True, device=None, seed: int = 0,
+          progress: bool = False, init: str | Path | None = None, pretrain_lr: float | None = None,
+          drm_batch_size: int | None = None) -> Step1:
+    """FUCLE step 1 on `pool` (given labels, possibly noisy) for one seed, plus the controls when `controls`
+    (True: every control of `CONTROLS`; False: none; or a collection of their names).
 
+    `init`: a checkpoint every variant starts from (the paper's backbones start from pre-trained weights; None = a
+    random initialization). `pretrain_lr`: SupCon's and NT-Xent's learning rate (None: `lr`). `drm_batch_size`: the
+    batch of the DRM and the CE control (None: `batch_size`, SupCon's).
     Every variant draws its randomness from `seed` (initialization, batches, augmentation). The DRM and CE runs
     use the same optimizer (AdamW, constant lr, weight decay 1e-4), batches, epochs and weak augmentation, so they
     differ only by the DRM's loss (Eq. 3-5) and relabeling (Eq. 6-7). DRM relabels a copy of the labels; its final
@@ -98,9 +105,15 @@ def step1(pool: FERDataset, *, val: FERDataset, test: FERDataset, model_name: st
     K, C, S = pool.num_classes, pool.channels, pool.image_size
     tag = f"seed{seed}"
 
+    controls = set(CONTROLS if controls is True else (controls or ()))
+    unknown = controls - set(CONTROLS)
+    if unknown:
+        raise ValueError(f"unknown step-1 controls {sorted(unknown)}; known: {', '.join(CONTROLS)}")
+    pretrain_lr = lr if pretrain_lr is None else pretrain_lr
+
     def fresh():
         torch.manual_seed(seed)
-        return models.create(model_name, K, in_chans=C, img_size=S)
+        return models.create(model_name, K, in_chans=C, img_size=S, checkpoint=init)
 
     def timed(name, fn):
         with active.measure(device) as m:
@@ -110,35 +123,38 @@ def step1(pool: FERDataset, *, val: FERDataset, test: FERDataset, model_name: st
 
     supcon = fresh()
     out.pretrain_history = timed("supcon", lambda: contrastive_pretrain(
-        supcon, pool, epochs=pretrain_epochs, batch_size=batch_size, lr=lr, temperature=temperature,
+        supcon, pool, epochs=pretrain_epochs, batch_size=batch_size, lr=pretrain_lr, temperature=temperature,
         use_labels=True, device=device, seed=seed, progress=progress)).history
     out.checkpoints["supcon"] = save_weights(supcon, checkpoint_dir / f"{tag}-supcon.pt")
 
     def from_supcon():
         return models.create(model_name, K, in_chans=C, img_size=S, checkpoint=out.checkpoints["supcon"])
 
-    drm_common = dict(val=val, epochs=drm_epochs, batch_size=batch_size, lr=lr, device=device, seed=seed,
+    drm_batch_size = drm_batch_size or batch_size
+    drm_common = dict(val=val, epochs=drm_epochs, batch_size=drm_batch_size, lr=lr, device=device, seed=seed,
                       progress=progress, inplace=False)
     net = from_supcon()
     out.drm = timed("drm", lambda: train_drm(net, pool, **drm_common, **drm_kwargs))
     out.checkpoints["drm"] = save_weights(net, checkpoint_dir / f"{tag}-drm.pt")
     out.test_accuracy["drm"] = engine.evaluate(net, test, device=device)["accuracy"]
-    if controls:
+    if "ce" in controls:
         net = from_supcon()
-        timed("ce", lambda: engine.fit(net, pool, epochs=drm_epochs, batch_size=batch_size, lr=lr,
+        timed("ce", lambda: engine.fit(net, pool, epochs=drm_epochs, batch_size=drm_batch_size, lr=lr,
                                        weight_decay=drm_kwargs.get("weight_decay", 1e-4), scheduler=None,
                                        augment=drm_kwargs.get("augment", "weak"), device=device, seed=seed,
                                        progress=progress, desc="CE"))
         out.checkpoints["ce"] = save_weights(net, checkpoint_dir / f"{tag}-ce.pt")
         out.test_accuracy["ce"] = engine.evaluate(net, test, device=device)["accuracy"]
+    if "drm_no_relabel" in controls:
         net = from_supcon()
         off = {**drm_kwargs, "relabel_start_epoch": drm_epochs}          # Eq. 6 never runs
         out.drm_no_relabel = timed("drm_no_relabel", lambda: train_drm(net, pool, **drm_common, **off))
         out.checkpoints["drm_no_relabel"] = save_weights(net, checkpoint_dir / f"{tag}-drm_no_relabel.pt")
         out.test_accuracy["drm_no_relabel"] = engine.evaluate(net, test, device=device)["accuracy"]
+    if "ntxent" in controls:
         ntxent = fresh()
         timed("ntxent", lambda: contrastive_pretrain(
-            ntxent, pool, epochs=pretrain_epochs, batch_size=batch_size, lr=lr, temperature=temperature,
+            ntxent, pool, epochs=pretrain_epochs, batch_size=batch_size, lr=pretrain_lr, temperature=temperature,
             use_labels=False, device=device, seed=seed, progress=progress))
         out.checkpoints["ntxent"] = save_weights(ntxent, checkpoint_dir / f"{tag}-ntxent.pt")
     return out
@@ -150,7 +166,8 @@ def step1(pool: FERDataset, *, val: FERDataset, test: FERDataset, model_name: st
 @dataclass(frozen=True)
 class Arm:
     """One active-learning run per seed: which step-1 checkpoint each cycle restarts from (None = random
-    initialization), whose labels the oracle returns ("given", or "drm" = the DRM's corrected labels, which step 1
+    initialization, "warm" = the shared warm start `run_seed` is given, standing in for pre-trained weights), whose
+    labels the oracle returns ("given", or "drm" = the DRM's corrected labels, which step 1
     has already read), the query strategy, and whether sigma data addition (Sec. 3.1) is on."""
     init: str | None
     labels: str = "given"
@@ -173,12 +190,17 @@ ARMS = {
 }
 
 
-def arms_for(strategies, controls: bool = True, sigma: bool = False) -> dict[str, Arm]:
-    """The arms a notebook runs: each AL strategy from a random initialization on the given labels, FUCLE, and
-    (with `controls`) the Table 2 rows and controls; with `sigma`, FUCLE + sigma data addition too."""
-    out = {name: Arm(None, strategy=name) for name in strategies}
+def arms_for(strategies, controls=True, sigma: bool = False, base: str | None = None) -> dict[str, Arm]:
+    """The arms a notebook runs: each AL strategy from `base` (None: a random initialization; "warm": the shared
+    warm start) on the given labels, FUCLE, and the Table 2 rows and controls (`controls`: True for all of `ARMS`,
+    False for none, or a collection of arm names); with `sigma`, FUCLE + sigma data addition too."""
+    out = {name: Arm(base, strategy=name) for name in strategies}
+    chosen = set(ARMS) if controls is True else set(controls or ())
+    unknown = chosen - set(ARMS)
+    if unknown:
+        raise ValueError(f"unknown arms {sorted(unknown)}; known: {', '.join(ARMS)}")
     for name, arm in ARMS.items():
-        if controls or name in ("SupCon + LC", FUCLE):
+        if name in chosen or name in ("SupCon + LC", FUCLE):
             out[name] = arm
     if sigma:
         out["FUCLE + sigma data addition"] = Arm("drm", labels="drm", sigma=True)
@@ -193,7 +215,7 @@ class SeedResult:
     step1: Step1
     al: dict                       # arm name -> active.ALResult
     arms: dict                     # arm name -> Arm
-    full_pool_accuracy: float      # upper bound: every pool label read, same fit budget as an AL cycle
+    full_pool_accuracy: float      # upper bound: every pool label read, one fit of `full_steps` steps
     noise_before: float            # label noise of the pool (against the clean labels, if known)
     noise_after: float             # after the DRM's relabeling
     relabel_precision: float       # share of the DRM's label changes that are correct
@@ -236,7 +258,9 @@ def run_seed(pool: FERDataset, *, val: FERDataset, test: FERDataset, seed: int, 
              checkpoint_dir: Path, pretrain_epochs: int, drm_epochs: int, batch_size: int, lr: float,
              temperature: float, drm_kwargs: dict, arms: dict, initial_fraction: float, budget, cycles: int,
              steps: int, al_batch_size: int, sigma: float = 0.95, strategy_kwargs: dict | None = None,
-             controls: bool = True, device=None, progress: bool = False, workers: int | None = None) -> SeedResult:
+             controls: bool = True, device=None, progress: bool = False, workers: int | None = None,
+             warm: str | Path | None = None, pretrain_lr: float | None = None, fit_lr: float | None = None,
+             full_steps: int | None = None, drm_batch_size: int | None = None) -> SeedResult:
     """One seed of notebook 01: step 1 (and its controls), every active-learning arm, and the full-pool bound.
 
     The arms are independent runs: `fernb.parallel.run_many` runs them side by side in `workers` processes on a
@@ -245,28 +269,37 @@ def run_seed(pool: FERDataset, *, val: FERDataset, test: FERDataset, seed: int, 
     Active learning: every arm of the seed starts from the same initial labeled set (drawn from `seed`) and fits
     exactly `steps` optimizer steps of `al_batch_size` per cycle, from its stated initialization. The oracle
     answers with the pool's given labels, or for FUCLE's arms with the DRM's corrected labels.
+
+    `warm`: a checkpoint (the shared warm start) that step 1, the arms with init "warm" and the every-label bound
+    start from. `fit_lr`: the learning rate of every AL fit and of the bound (None: `lr`). `full_steps`: the
+    bound's optimizer steps of `al_batch_size` (None: `steps`, one AL fit's).
+    `controls`: as `step1`'s (True: the controls the arms need).
     """
     device = engine.resolve_device(device)
     strategy_kwargs = strategy_kwargs or {}
     needs = {arm.init for arm in arms.values()}
+    if controls is True:
+        controls = needs & set(CONTROLS)
     s1 = step1(pool, val=val, test=test, model_name=model_name, checkpoint_dir=checkpoint_dir,
                pretrain_epochs=pretrain_epochs, drm_epochs=drm_epochs, batch_size=batch_size, lr=lr,
-               temperature=temperature, drm_kwargs=drm_kwargs,
-               controls=controls and bool(needs & {"ce", "drm_no_relabel", "ntxent"}), device=device, seed=seed,
-               progress=progress)
+               temperature=temperature, drm_kwargs=drm_kwargs, controls=controls or (), device=device, seed=seed,
+               progress=progress, init=warm, pretrain_lr=pretrain_lr, drm_batch_size=drm_batch_size)
+    if warm is not None:
+        s1.checkpoints["warm"] = Path(warm)
     K, C, S = pool.num_classes, pool.channels, pool.image_size
-    fit_kwargs = dict(steps=steps, batch_size=al_batch_size, lr=lr, augment="weak")
+    fit_kwargs = dict(steps=steps, batch_size=al_batch_size, lr=lr if fit_lr is None else fit_lr, augment="weak")
     labels = {"given": pool, "drm": pool.with_labels(s1.drm.labels)}
     jobs = [dict(strategy=active.get(arm.strategy, seed=seed, **strategy_kwargs.get(arm.strategy, {})),
                  pool=labels[arm.labels], test=test,
-                 model_fn=model_factory(model_name, K, C, S, s1.checkpoints.get(arm.init) if arm.init else None),
+                 model_fn=model_factory(model_name, K, C, S, s1.checkpoints[arm.init] if arm.init else None),
                  initial_fraction=initial_fraction, budget=budget, cycles=cycles, fit_kwargs=fit_kwargs, seed=seed,
                  val=val, device=device, pseudo_label_threshold=sigma if arm.sigma else None)
             for arm in arms.values()]
     results = dict(zip(arms, parallel.run_many(active.run_active_learning, jobs, device=device, workers=workers)))
     torch.manual_seed(seed)
-    full = models.create(model_name, K, in_chans=C, img_size=S)
-    engine.fit(full, pool, device=device, seed=seed, progress=False, **fit_kwargs)
+    full = models.create(model_name, K, in_chans=C, img_size=S, checkpoint=warm)
+    engine.fit(full, pool, device=device, seed=seed, progress=False,
+               **{**fit_kwargs, "steps": full_steps or steps})
     full_acc = engine.evaluate(full, test, device=device)["accuracy"]
 
     drm = s1.drm
@@ -291,12 +324,14 @@ def run_seed(pool: FERDataset, *, val: FERDataset, test: FERDataset, seed: int, 
 # Tables over seeds
 # ---------------------------------------------------------------------------------------------------------------
 def _labels_read(result: SeedResult, arm: str, n_labeled: int) -> int:
-    return n_labeled + (result.pool_size if result.arms[arm].reads_pool_in_step1 else 0)
+    """Distinct pool labels an arm has read: its AL set, or the whole pool when its step 1 read it (the AL set is
+    part of the pool, so it adds no new label to those)."""
+    return result.pool_size if result.arms[arm].reads_pool_in_step1 else n_labeled
 
 
 def curves_frame(results: list[SeedResult]) -> pd.DataFrame:
-    """Long table, one row per (arm, seed, cycle): n_labeled (the AL set), labels_read (AL labels plus the whole
-    pool for arms whose step 1 read it), accuracy, mean_class_accuracy."""
+    """Long table, one row per (arm, seed, cycle): n_labeled (the AL set), labels_read (distinct pool labels read:
+    the AL set, or the whole pool for arms whose step 1 read it), accuracy, mean_class_accuracy."""
     rows = []
     for r in results:
         for name, run in r.al.items():
@@ -341,18 +376,19 @@ def per_seed(results: list[SeedResult], what: str, metric: str = "final") -> lis
 
 
 def final_table(results: list[SeedResult]) -> pd.DataFrame:
-    """Table 1 / Table 2: per arm, mean and std of the final test accuracy over seeds (std NaN with one seed), the
-    AULC over the AL budget, labels read (AL + step 1), AL wall time; then the step-1 models without active
-    learning and the full-pool bound."""
+    """Table 1 / Table 2: per arm, mean and std of the final test accuracy over the seeds that ran it (std NaN with
+    one seed), the AULC over the AL budget, distinct labels read, AL wall time; then the step-1 models without
+    active learning and the full-pool bound."""
     rows = []
     first = results[0]
     for name in first.al:
-        final = np.array(per_seed(results, name, "final"))
+        ran = [r for r in results if name in r.al]          # an arm may run on only some of the seeds
+        final = np.array(per_seed(ran, name, "final"))
         rows.append({"method": name, "accuracy": final.mean(), "std": final.std(ddof=1) if len(final) > 1 else
-                     math.nan, "aulc": np.mean(per_seed(results, name, "aulc")), "seeds": len(final),
+                     math.nan, "aulc": np.mean(per_seed(ran, name, "aulc")), "seeds": len(final),
                      "labels read": _labels_read(first, name, first.al[name].labeled_counts[-1]),
                      "reads pool in step 1": first.arms[name].reads_pool_in_step1,
-                     "AL seconds": np.mean(per_seed(results, name, "seconds"))})
+                     "AL seconds": np.mean(per_seed(ran, name, "seconds"))})
     extra = [("step-1 DRM model, no AL", "step1:drm"), ("control: step-1 SupCon + CE model, no AL", "step1:ce"),
              ("upper bound: every pool label, one fit", "full_pool")]
     for label, key in extra:
@@ -486,12 +522,15 @@ def seed_data(dataset: str, data_root=None, *, seed: int, n_pool: int | None, n_
 
 
 def scale_run(pool: FERDataset, *, val: FERDataset, model_name: str, epochs: int, batch_size: int, lr: float,
-              drm_kwargs: dict, seed: int, device=None) -> pd.DataFrame:
-    """The DRM trained from a random initialization on `pool`, relabeling from its second epoch on, so its
-    per-epoch audit (`relabel_frame`) spans a range of model accuracies: the scale figure's second pool size."""
+              drm_kwargs: dict, seed: int, device=None, init: str | Path | None = None,
+              relabel_start_epoch: int = 1) -> pd.DataFrame:
+    """The DRM trained on `pool` from `init` (None: a random initialization), relabeling from
+    `relabel_start_epoch` on, so its per-epoch audit (`relabel_frame`) spans a range of model accuracies: a second
+    regime beside the main pool's."""
     torch.manual_seed(seed)
-    net = models.create(model_name, pool.num_classes, in_chans=pool.channels, img_size=pool.image_size)
-    kw = {**drm_kwargs, "relabel_start_epoch": 1}
+    net = models.create(model_name, pool.num_classes, in_chans=pool.channels, img_size=pool.image_size,
+                        checkpoint=init)
+    kw = {**drm_kwargs, "relabel_start_epoch": relabel_start_epoch}
     res = train_drm(net, pool, val=val, epochs=epochs, batch_size=batch_size, lr=lr, device=device, seed=seed,
                     progress=False, inplace=False, **kw)
     return relabel_frame(res)
