@@ -209,6 +209,18 @@ def embeddings(net, data, device=None) -> np.ndarray:
     return engine.predict(net, data, embeddings=True, device=device).embeddings.numpy()
 
 
+def backbones(r, test, warm: dict, P) -> dict:
+    """{name: model} for one seed's result `r`: random weights (seeded with the seed), the warm start when there is
+    one, and the SupCon checkpoint, shaped for `test`."""
+    K, C, size = test.num_classes, test.channels, test.image_size
+    torch.manual_seed(r.seed)
+    nets = {"random weights": models.create(P.model, K, in_chans=C, img_size=size)}
+    if warm[r.seed].path is not None:
+        nets["warm start"] = models.create(P.model, K, in_chans=C, img_size=size, checkpoint=warm[r.seed].path)
+    nets["SupCon"] = models.create(P.model, K, in_chans=C, img_size=size, checkpoint=r.step1.checkpoints["supcon"])
+    return nets
+
+
 def knn_table(results, data: dict, warm: dict, P, device=None, n: int = 600) -> pd.DataFrame:
     """Per seed: 5-NN accuracy (5-fold cross-validation, `knn_accuracy`) of the trunk's embeddings of `n` test
     images from random weights, from the warm start and after SupCon, and SupCon's first and last epoch loss beside
@@ -217,12 +229,7 @@ def knn_table(results, data: dict, warm: dict, P, device=None, n: int = 600) -> 
     for r in results:
         test = data[r.seed][2]
         sub = test.subset(torch.arange(min(n, len(test))))
-        K, C, size = test.num_classes, test.channels, test.image_size
-        torch.manual_seed(r.seed)
-        nets = {"random weights": models.create(P.model, K, in_chans=C, img_size=size)}
-        if warm[r.seed].path is not None:
-            nets["warm start"] = models.create(P.model, K, in_chans=C, img_size=size, checkpoint=warm[r.seed].path)
-        nets["SupCon"] = models.create(P.model, K, in_chans=C, img_size=size, checkpoint=r.step1.checkpoints["supcon"])
+        nets = backbones(r, test, warm, P)
         row = {"seed": r.seed}
         for name, net in nets.items():
             row[f"5-NN, {name}"] = knn_accuracy(embeddings(net, sub, device), sub.labels.numpy())
@@ -688,12 +695,8 @@ def tsne_figure(results, data: dict, warm: dict, P, device=None, n: int = 600):
     r = results[0]
     test = data[r.seed][2]
     sub = test.subset(torch.arange(min(n, len(test))))
-    K, C, size = test.num_classes, test.channels, test.image_size
-    torch.manual_seed(r.seed)
-    nets = {"random weights": models.create(P.model, K, in_chans=C, img_size=size)}
-    if warm[r.seed].path is not None:
-        nets["warm start"] = models.create(P.model, K, in_chans=C, img_size=size, checkpoint=warm[r.seed].path)
-    nets["SupCon"] = models.create(P.model, K, in_chans=C, img_size=size, checkpoint=r.step1.checkpoints["supcon"])
+    K = test.num_classes
+    nets = backbones(r, test, warm, P)
     fig, axes = plt.subplots(1, len(nets), figsize=(4.6 * len(nets), 4.2))
     y = sub.labels.numpy()
     for ax, (name, net) in zip(axes, nets.items()):
