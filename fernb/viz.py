@@ -534,6 +534,40 @@ def plot_mae_reconstructions(originals: torch.Tensor, results: dict, suptitle: s
     return fig
 
 
+def plot_mae_predictions(originals: torch.Tensor, normalized_target: torch.Tensor, results: dict,
+                         suptitle: str = ""):
+    """MAE at several mask ratios (SSFER Fig. 3), the decoder's own output beside the common borrowed view.
+
+    Columns: the original, every patch in the loss's space (each patch normalized by its own mean and std:
+    what the decoder is asked to predict), then per ratio the visible patches, the decoder's prediction in that
+    space at every masked position (nothing borrowed), and the reconstruction that borrows each masked patch's
+    true mean and std (labelled "true patch stats": the usual MAE figure, brightness taken from the ground truth).
+    originals (N, C, H, W) in [0, 1]; normalized_target (N, C, H, W) in [0, 1] (`mae.normalized_display`);
+    results: {ratio: (masked input, prediction, borrowed reconstruction, per-image loss)}, images in [0, 1]."""
+    n = len(originals)
+    cols = 2 + 3 * len(results)
+    fig, axes = plt.subplots(n, cols, figsize=(cols * 1.15, n * 1.3), squeeze=False)
+    cmap = "gray" if originals.shape[1] == 1 else None
+    for i in range(n):
+        axes[i, 0].imshow(_as_hwc(originals[i]), cmap=cmap)
+        axes[i, 1].imshow(_as_hwc(normalized_target[i]), cmap=cmap)
+        for k, (ratio, (masked, own, borrowed, loss)) in enumerate(results.items()):
+            for j, (img, title) in enumerate(((masked, f"visible at {ratio:.0%}"), (own, "decoder's own"),
+                                              (borrowed, "true patch stats"))):
+                axes[i, 2 + 3 * k + j].imshow(_as_hwc(img[i]), cmap=cmap)
+                if i == 0:
+                    axes[i, 2 + 3 * k + j].set_title(title, fontsize=7)
+            axes[i, 3 + 3 * k].set_xlabel(f"loss {float(loss[i]):.2f}", fontsize=7)
+    axes[0, 0].set_title("original", fontsize=7)
+    axes[0, 1].set_title("target (per-patch\nnormalized)", fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(suptitle, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def plot_facemix_pairs(x_i: torch.Tensor, x_j: torch.Tensor, boxes_i, boxes_j, lam: float, kappa, titles=None,
                        suptitle: str = ""):
     """FaceMix on pairs (SSFER Fig. 5-6): each row shows x_i and x_j with their face boxes, the Mixup image
@@ -838,20 +872,25 @@ def plot_sweep(results: dict, keep, paper_value, xlabel: str, ax=None, log: bool
 
 
 def plot_ablation(per_seed: dict, paper: dict | None = None, title: str = ""):
-    """Test accuracy per configuration: mean bar, one dot per seed (lines join a seed across configurations)."""
+    """Test accuracy per configuration: mean bar, one dot per seed (lines join a seed across configurations).
+    per_seed: {configuration: [accuracy per seed]}; a configuration run on fewer seeds has its first ones."""
     names = list(per_seed)
-    values = np.array([per_seed[n] for n in names], dtype=float)       # (configs, seeds)
+    width = max(len(per_seed[n]) for n in names)
+    values = np.full((len(names), width), np.nan)                      # (configs, seeds), NaN where not run
+    for i, n in enumerate(names):
+        values[i, : len(per_seed[n])] = per_seed[n]
+    means = np.nanmean(values, 1)
     fig, ax = plt.subplots(figsize=(1.5 + 1.35 * len(names), 3.4))
-    ax.bar(range(len(names)), values.mean(1), color="tab:blue", alpha=0.35)
+    ax.bar(range(len(names)), means, color="tab:blue", alpha=0.35)
     for s in range(values.shape[1]):
         ax.plot(range(len(names)), values[:, s], "o-", color="0.3", ms=3, lw=0.6, alpha=0.7)
-    for i, v in enumerate(values.mean(1)):
+    for i, v in enumerate(means):
         ax.annotate(f"{v:.3f}", (i, v), ha="center", va="bottom", fontsize=7, xytext=(0, 3),
                     textcoords="offset points")
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=20, ha="right", fontsize=8)
-    lo = float(values.min())
-    ax.set_ylim(max(0.0, lo - 0.08), min(1.0, float(values.max()) + 0.06))
+    lo = float(np.nanmin(values))
+    ax.set_ylim(max(0.0, lo - 0.08), min(1.0, float(np.nanmax(values)) + 0.06))
     ax.set_ylabel("test accuracy")
     ax.set_title(title, fontsize=9)
     ax.grid(axis="y", alpha=0.3)

@@ -252,8 +252,9 @@ def worthiness_explorer(images, P, is_face=None, wrong_label=None, n: int = 16):
 
 
 def mask_ratio_explorer(mae, images: torch.Tensor, ratios=(0.25, 0.95), device=None):
-    """Live: the MAE's reconstruction of one face as the mask ratio r moves (SSFER Fig. 3), with a fresh random
-    mask per draw. `images` are normalized network inputs (N, C, H, W); the static twin is
+    """Live: the MAE's reconstruction of one face as the mask ratio r moves (SSFER Fig. 3), one seeded mask per
+    "mask seed": the decoder's own prediction in the loss's space (per-patch normalized pixels) beside the usual
+    view that borrows each masked patch's true mean and std (labelled so). `images` are normalized network inputs (N, C, H, W); the static twin is
     `viz.plot_mae_reconstructions`."""
     import ipywidgets as W
 
@@ -271,12 +272,18 @@ def mask_ratio_explorer(mae, images: torch.Tensor, ratios=(0.25, 0.95), device=N
     def draw(*_):
         x = images[index.value: index.value + 1].to(device)
         torch.manual_seed(seed.value)
-        masked, recon, loss = mae.reconstruct(x, ratio.value)
-        fig, axes = plt.subplots(1, 3, figsize=(6, 2.3))
-        for ax, img, title in zip(axes, (x, masked, recon), ("original", f"masked {ratio.value:.0%}",
-                                                            f"reconstruction (loss {float(loss):.2f})")):
-            ax.imshow(aug.from_input(img[0].float().cpu()).permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray")
-            ax.set_title(title, fontsize=8)
+        noise = torch.rand(1, mae.num_patches, generator=torch.Generator().manual_seed(seed.value)).to(device)
+        masked, borrowed, _ = mae.reconstruct(x, ratio.value, noise=noise)
+        target, own, loss = mae.reconstruct_normalized(x, ratio.value, noise=noise)
+        shown = [aug.from_input(v.float().cpu()) for v in (x, masked)] + [target.cpu(), own.cpu(),
+                                                                           aug.from_input(borrowed.float().cpu())]
+        fig, axes = plt.subplots(1, 5, figsize=(9, 2.2))
+        for ax, img, title in zip(axes, shown, ("original", f"visible ({ratio.value:.0%} masked)",
+                                                "target (per-patch normalized)",
+                                                f"decoder's own (loss {float(loss[0]):.2f})",
+                                                "true patch stats (borrowed)")):
+            ax.imshow(img[0].permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray")
+            ax.set_title(title, fontsize=7)
             ax.axis("off")
         _draw_png(out, fig)
 

@@ -96,6 +96,27 @@ def test_mae_forward_end_to_end_reads_only_masked_pixels(faces):
                           target[visible.expand(-1, -1, 192)])
 
 
+def test_normalized_reconstruction_borrows_nothing_from_masked_patches(faces):
+    mae = _mae().eval()
+    x = engine.batch_input(faces, torch.arange(2), torch.device("cpu"))
+    noise = torch.rand(2, 36)
+    target, shown, per_image = mae.reconstruct_normalized(x, noise=noise)
+    out = mae(x, noise=noise)
+    assert target.shape == shown.shape == x.shape and 0 <= shown.min() and shown.max() <= 1
+    masked = out.mask.bool()[..., None].expand(-1, -1, 192)
+    # a masked patch shows the decoder's prediction through the fixed display map, whatever the true patch is
+    assert torch.allclose(M.patchify(shown, 8)[masked], M.normalized_display(out.pred)[masked])
+    # ... so changing the masked pixels' brightness (not seen by the encoder) leaves the shown prediction unchanged
+    brighter = M.unpatchify(torch.where(masked, M.patchify(x, 8) * 3 + 1, M.patchify(x, 8)), 8, 3, (6, 6))
+    _, shown2, _ = mae.reconstruct_normalized(brighter, noise=noise)
+    assert torch.allclose(M.patchify(shown2, 8)[masked], M.patchify(shown, 8)[masked], atol=1e-5)
+    # while the ground-truth-statistics view changes with them (it borrows each masked patch's mean and std)
+    _, pasted, _ = mae.reconstruct(x, noise=noise)
+    _, pasted2, _ = mae.reconstruct(brighter, noise=noise)
+    assert not torch.allclose(M.patchify(pasted2, 8)[masked], M.patchify(pasted, 8)[masked])
+    assert torch.allclose(per_image, M.masked_patch_loss_per_image(out.pred, M.patchify(x, 8), out.mask))
+
+
 def test_encoder_checkpoint_loads_into_the_classifier(tmp_path):
     mae = _mae()
     path = M.save_encoder(mae, tmp_path / "enc.pt")
@@ -120,6 +141,31 @@ def test_pretrain_mae_runs_and_learns(faces, tmp_path):
     assert res.checkpoint.is_file() and len(res.history.train_loss) == 4
     assert res.history.train_loss[-1] < res.history.train_loss[0]
     M.vit_classifier("vit_mini", 7, img_size=48, encoder_checkpoint=res.checkpoint)
+
+
+def test_load_or_pretrain_mae_loads_the_same_run_and_retrains_on_a_changed_setting(faces, tmp_path):
+    kw = dict(img_size=48, steps=4, batch_size=16, device="cpu", seed=0)
+    first = ssfer.load_or_pretrain_mae("vit_mini", faces, tmp_path, **kw)
+    again = ssfer.load_or_pretrain_mae("vit_mini", faces, tmp_path, **kw)
+    assert not first.loaded and again.loaded and again.checkpoint == first.checkpoint
+    assert again.history.train_loss == first.history.train_loss and again.seconds == first.seconds
+    x = engine.batch_input(faces, torch.arange(2), torch.device("cpu"))
+    noise = torch.rand(2, again.mae.num_patches)
+    assert torch.allclose(again.mae.eval()(x, noise=noise).pred, first.mae.eval()(x, noise=noise).pred)  # decoder too
+    longer = ssfer.load_or_pretrain_mae("vit_mini", faces, tmp_path, **{**kw, "steps": 8})
+    assert not longer.loaded and longer.checkpoint != first.checkpoint
+
+
+def test_supervised_control_spends_the_semi_steps_on_labels_only(faces):
+    net = models.create("resnet_mini", 7)
+    labeled = faces.with_labels(torch.where(torch.arange(len(faces)) < 16, faces.labels, torch.full_like(faces.labels, -1)))
+    unlabeled = faces.subset(torch.arange(16, len(faces)))
+    res = ssfer.semi_supervised_finetune(net, labeled, unlabeled, method="supervised", steps=4, steps_per_epoch=2,
+                                         batch_size=8, device="cpu")
+    assert len(res.history.epoch) == 2
+    assert all(not m for m in res.history.mask_rate)       # no pseudo-label is ever accepted: L_u is left out
+    with pytest.raises(ValueError, match="method must be one of"):
+        ssfer.semi_supervised_finetune(net, labeled, unlabeled, method="meanteacher", steps=2, device="cpu")
 
 
 # ---- FaceMix ------------------------------------------------------------------------------------------------------
@@ -245,13 +291,19 @@ def test_fgsm_changes_only_the_region(faces):
 
 def test_grad_cam_regions_match_the_attacked_pixel_count():
     g = torch.Generator().manual_seed(0)
-    cams = torch.rand(4, 16, 16, generator=g)
+    cams = torch.rand(4, 16, 16, generator=g)         # about 70 % of pixels above 0.3: the focused region is larger
+    cams[0] = cams[0] * 0.4                           # image 0: the focused region is the smaller one
     focused, unfocused, rand, fr = ssfer.grad_cam_regions(cams, 0.3)
-    assert torch.equal(focused, cams > 0.3)
-    assert not (focused & unfocused).any()
-    assert torch.equal(unfocused.sum((1, 2)), torch.minimum(focused.sum((1, 2)), (~focused).sum((1, 2))))
-    assert torch.equal(rand.sum((1, 2)), focused.sum((1, 2)))
-    assert fr["focused"] == pytest.approx(float(focused.float().mean()))
+    above = cams > 0.3
+    n = torch.minimum(above.sum((1, 2)), (~above).sum((1, 2)))
+    for m in (focused, unfocused, rand):               # every region attacks exactly n pixels of each image
+        assert torch.equal(m.sum((1, 2)), n)
+    assert not (focused & ~above).any() and not (unfocused & above).any()
+    assert torch.equal(focused[0], above[0])           # the smaller focused region is attacked whole
+    kept = cams[1][focused[1]]                         # a larger one keeps its highest-cam pixels
+    assert kept.min() >= cams[1][above[1] & ~focused[1]].max()
+    assert fr["focused"] == pytest.approx(fr["unfocused"]) == pytest.approx(fr["random"])
+    assert fr["focused_share"] == pytest.approx(float(above.float().mean()))
 
 
 def test_identity_attribute_is_a_property_of_the_identity(faces):
