@@ -393,6 +393,27 @@ def check_ssfer_experiment(gpu, data, test_data, init):
         assert d == "cpu" or on_stand_in(encoder)
     assert out["auto"] == pytest.approx(out["cpu"], rel=1e-5)     # attention may take another CPU kernel
 
+def check_ssfer_extras(gpu, data, test_data, init):
+    """load_or_pretrain_mae (trains, saves, then loads the same run), threshold_curve and reconstruction_figure
+    (notebook 02's helpers) from models left on the CPU."""
+    import tempfile
+    import matplotlib.pyplot as plt
+    from fernb.methods import ssfer, ssfer_experiments as X
+    small = data.subset(torch.arange(16))
+    with tempfile.TemporaryDirectory() as tmp:
+        kw = dict(img_size=48, steps=2, batch_size=8, device="auto", vit_kwargs={"embed_dim": 32, "depth": 1,
+                                                                                   "num_heads": 1})
+        first = ssfer.load_or_pretrain_mae("vit_mini", small, tmp, **kw)
+        again = ssfer.load_or_pretrain_mae("vit_mini", small, tmp, **kw)
+    assert on_stand_in(first.mae) and not first.loaded and again.loaded
+    assert again.history.train_loss == first.history.train_loss and again.checkpoint == first.checkpoint
+    fig = X.reconstruction_figure(again.mae, test_data, "auto", n=2)
+    assert on_stand_in(again.mae) and fig.axes
+    plt.close("all")
+    curves = {d: X.threshold_curve(copy.deepcopy(init), test_data, [0.2, 0.5], device=d) for d in ("auto", "cpu")}
+    assert curves["auto"].to_numpy() == pytest.approx(curves["cpu"].to_numpy(), nan_ok=True)
+
+
 def check_ssfer_region_attack(gpu, data, test_data, init):
     """region_attack_curve from a model left on the CPU, eps = 0 first (as its default eps_values)."""
     from fernb.methods import ssfer
@@ -561,6 +582,9 @@ CALLS = {
     "fernb.methods.ssfer.region_attack_curve": check_ssfer_region_attack,
     "fernb.methods.ssfer.SSFERExperiment.__init__": check_ssfer_experiment,
     "fernb.methods.ssfer.mae_train_task": check_ssfer_experiment,
+    "fernb.methods.ssfer.load_or_pretrain_mae": check_ssfer_extras,
+    "fernb.methods.ssfer_experiments.threshold_curve": check_ssfer_extras,
+    "fernb.methods.ssfer_experiments.reconstruction_figure": check_ssfer_extras,
     "fernb.methods.transfer.pretrain_face_recognition": check_transfer_incremental,
     "fernb.methods.transfer.run_finetune": check_transfer_incremental,
     "fernb.methods.incremental.run_incremental": check_transfer_incremental,

@@ -39,6 +39,6 @@ def test_smoke_run_of_ssfer_passes_its_floors(tmp_path):
     for c in card["claims"]:                               # every verdict comes with its rule and the numbers
         assert c["rule"] and c["measured"], c["claim"]
     for name in ("patch_grid", "mae_loss", "fig3_reconstructions", "facemix_pairs", "kappa_loss", "ablation",
-                 "fig7_confusions", "fig8_gradcam_vit", "table7_fgsm", "fig9_attack_examples"):
+                 "pseudo_labels", "fig7_confusions", "fig8_gradcam_vit", "table7_fgsm", "fig9_attack_examples"):
         assert (figures / f"{name}.png").is_file(), name
     assert list((out / "checkpoints").rglob("*.pt"))       # MAE checkpoints stay in the output folder

@@ -39,9 +39,11 @@ from . import semisup
 __all__ = ["MAEResult", "pretrain_mae", "mixing_loss", "supervised_finetune", "semi_supervised_finetune",
            "Setting", "RunResult", "SSFERExperiment", "fgsm", "grad_cam_regions", "region_attack_curve",
            "identity_attribute", "attribute_task", "HAIR_STYLES", "flops_and_params", "reconstruction_losses",
-           "kfold_accuracies", "lr_search", "PAPER", "paper_number", "mae_train_task"]
+           "kfold_accuracies", "lr_search", "PAPER", "paper_number", "mae_train_task", "load_or_pretrain_mae",
+           "mae_fingerprint", "SEMI_METHODS"]
 
 MIX_MODES = ("none", "mixup", "cutmix", "facemix")
+SEMI_METHODS = ("ema", "fixmatch", "supervised")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -53,6 +55,7 @@ class MAEResult:
     mae: mae_lib.MaskedAutoencoder
     checkpoint: Path
     seconds: float
+    loaded: bool = False        # True: read from an earlier run's checkpoint (seconds are that run's)
 
 
 def pretrain_mae(model_name: str, pool: FERDataset, checkpoint: str | Path, *, img_size: int, epochs: int = 10,
@@ -81,6 +84,48 @@ def pretrain_mae(model_name: str, pool: FERDataset, checkpoint: str | Path, *, i
                          checkpoint=run_checkpoint, progress=progress, desc="MAE")
     path = mae_lib.save_encoder(mae, checkpoint)
     return MAEResult(history, mae, path, time.perf_counter() - t0)
+
+
+def mae_fingerprint(model_name: str, pool: FERDataset, img_size: int, seed: int, vit_kwargs: dict | None,
+                    **mae_kwargs) -> str:
+    """A short hash of everything that shapes an MAE run: model, ViT settings, image size, seed, the MAE settings
+    and the pool (name, size, a checksum of its pixels, its SynthFER version)."""
+    import hashlib
+    import json
+
+    probe = pool.images[:: max(1, len(pool) // 64)].to(torch.int64).sum().item()
+    spec = {"model": model_name, "vit": vit_kwargs or {}, "img": img_size, "seed": seed, "mae": mae_kwargs,
+            "pool": [pool.name, len(pool), probe, pool.info.get("version")]}
+    return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def load_or_pretrain_mae(model_name: str, pool: FERDataset, checkpoint_dir: str | Path, *, img_size: int,
+                         seed: int = 0, vit_kwargs: dict | None = None, device=None, progress: bool = False,
+                         **mae_kwargs) -> MAEResult:
+    """`pretrain_mae` once per setting: the encoder goes to `mae-seed<seed>-<fingerprint>.pt` (what classifiers
+    load) and the whole MAE (decoder included, for the reconstruction figures), its loss history and its training
+    seconds to the same name with `.full.pt`; a later call with the same settings loads them instead of training
+    (MAEResult.loaded is then True and MAEResult.seconds the original run's)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    key = mae_fingerprint(model_name, pool, img_size, seed, vit_kwargs, **mae_kwargs)
+    path = checkpoint_dir / f"mae-seed{seed}-{key}.pt"
+    full = path.with_suffix(".full.pt")
+    if path.exists() and full.exists():
+        saved = torch.load(full, map_location="cpu", weights_only=True)
+        encoder = models.create(model_name, 0, in_chans=pool.channels, img_size=img_size, **(vit_kwargs or {}))
+        mae = mae_lib.MaskedAutoencoder(encoder, **saved["mae_args"])
+        mae.load_state_dict(saved["state"])
+        history = engine.History(**saved["history"])
+        return MAEResult(history, mae.eval(), path, saved["seconds"], loaded=True)
+    result = pretrain_mae(model_name, pool, path, img_size=img_size, seed=seed, vit_kwargs=vit_kwargs, device=device,
+                          progress=progress, **mae_kwargs)
+    mae_args = {"decoder_dim": mae_kwargs.get("decoder_dim"), "decoder_depth": mae_kwargs.get("decoder_depth", 2),
+                "mask_ratio": mae_kwargs.get("mask_ratio", 0.75)}
+    from ..paths import atomic_save
+
+    atomic_save({"state": {k: v.detach().cpu() for k, v in result.mae.state_dict().items()}, "mae_args": mae_args,
+                 "history": result.history.as_dict(), "seconds": result.seconds}, full)
+    return result
 
 
 def mae_train_task(model, splits, args, device):
@@ -180,11 +225,16 @@ def semi_supervised_finetune(model: nn.Module, labeled: FERDataset, unlabeled: F
                              progress: bool = False) -> semisup.SemiSupResult:
     """Stage (c): EMA teacher (method="ema", SSFER Eq. 1-5) or FixMatch (method="fixmatch") for `steps` steps.
     Both keep an EMA model (momentum m) and, with evaluate_with="ema", are evaluated through it, so the two differ
-    only in who makes the pseudo-labels."""
-    methods_ = {"ema": semisup.EMATeacher, "fixmatch": semisup.FixMatch}
-    if method not in methods_:
-        raise ValueError(f"method must be 'ema' or 'fixmatch', got {method!r}")
-    return semisup.train_semisup(model, labeled, unlabeled, methods_[method](tau=tau, weight=mu), steps=steps,
+    only in who makes the pseudo-labels. method="supervised" is the control: the same steps, labeled batches,
+    optimizer, schedule and EMA evaluation with L_u left out (`ssl_baselines.SupervisedOnly`), so a gain of the
+    semi-supervised rows over it is the unlabeled images' and not the extra steps'."""
+    from .ssl_baselines import SupervisedOnly
+
+    if method not in SEMI_METHODS:
+        raise ValueError(f"method must be one of {SEMI_METHODS}, got {method!r}")
+    rule = SupervisedOnly() if method == "supervised" else \
+        {"ema": semisup.EMATeacher, "fixmatch": semisup.FixMatch}[method](tau=tau, weight=mu)
+    return semisup.train_semisup(model, labeled, unlabeled, rule, steps=steps,
                                  steps_per_epoch=steps_per_epoch, batch_size=batch_size, uratio=uratio, lr=lr,
                                  weight_decay=weight_decay, ema_momentum=ema_momentum, evaluate_with=evaluate_with,
                                  val=val, device=device, seed=seed, progress=progress, desc=f"semi-sup ({method})")
@@ -201,7 +251,7 @@ class Setting:
     mix: str = "facemix"        # "none" | "mixup" | "cutmix" | "facemix"
     kappa: str = "iou"          # "iou" | "psnr" | "ssim" | "fsim"
     variant: str = "L4"         # "L1" .. "L4"
-    semi: str | None = "ema"    # None | "ema" | "fixmatch"
+    semi: str | None = "ema"    # None | "ema" | "fixmatch" | "supervised" (the extra steps without L_u: a control)
     labels: float | int = 0.1
     noise: float = 0.0
     lr: float | None = None     # supervised-stage learning rate (None: the experiment's default)
@@ -248,7 +298,7 @@ class SSFERExperiment:
                  checkpoint_dir: str | Path, boxes: torch.Tensor | None = None, mae: dict | None = None,
                  sup: dict | None = None, semi: dict | None = None, device=None, progress: bool = False,
                  mae_runs: dict | None = None, vit_kwargs: dict | None = None,
-                 encoder_checkpoint: str | Path | None = None):
+                 encoder_checkpoint: str | Path | None = None, mae_seed_of: Callable[[int], int] | None = None):
         self.train, self.test, self.pool = train, test, pool
         self.model_name, self.img_size = model_name, img_size
         self.vit_kwargs = dict(vit_kwargs or {})
@@ -263,17 +313,28 @@ class SSFERExperiment:
         self.progress = progress
         # pass another experiment's `mae_runs` to share its MAE checkpoints (they never read labels)
         self.mae_runs: dict[int, MAEResult] = mae_runs if mae_runs is not None else {}
+        # which MAE run a fine-tuning seed starts from (default: its own); e.g. lambda s: 0 shares one MAE run
+        self.mae_seed_of = mae_seed_of or (lambda s: s)
         self.runs: dict[tuple, RunResult] = {}
 
     # ---- pieces -------------------------------------------------------------------------------------------------
     def mae_checkpoint(self, seed: int) -> Path:
+        """The MAE encoder checkpoint fine-tuning seed `seed` starts from (trained or loaded on first use)."""
         if self.encoder_checkpoint is not None:
             return self.encoder_checkpoint
-        if seed not in self.mae_runs:
-            self.mae_runs[seed] = pretrain_mae(self.model_name, self.pool, self.checkpoint_dir / f"mae-seed{seed}.pt",
-                                               img_size=self.img_size, device=self.device, seed=seed,
-                                               progress=self.progress, vit_kwargs=self.vit_kwargs, **self.mae_kw)
-        return self.mae_runs[seed].checkpoint
+        return self.mae_result(seed).checkpoint
+
+    def mae_result(self, seed: int) -> MAEResult:
+        """The MAE run of fine-tuning seed `seed` (MAE seed `mae_seed_of(seed)`): loaded from `checkpoint_dir`
+        when a run with the same settings was saved there (the file name carries a fingerprint of the model,
+        image size, pool, MAE settings and SynthFER version), else trained and saved (`load_or_pretrain_mae`)."""
+        s = int(self.mae_seed_of(seed))
+        if s not in self.mae_runs:
+            self.mae_runs[s] = load_or_pretrain_mae(self.model_name, self.pool, self.checkpoint_dir,
+                                                    img_size=self.img_size, device=self.device, seed=s,
+                                                    progress=self.progress, vit_kwargs=self.vit_kwargs,
+                                                    **self.mae_kw)
+        return self.mae_runs[s]
 
     def split(self, setting: Setting, seed: int) -> tuple[FERDataset, FERDataset]:
         """(labeled view of train: unlabeled rows hidden, noisy labels if asked; the unlabeled rows)."""
@@ -379,26 +440,31 @@ def fgsm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: floa
 
 
 def grad_cam_regions(cams: torch.Tensor, threshold: float = 0.3, seed: int = 0):
-    """(focused, unfocused, random) pixel masks (N, H, W) from Grad-CAM maps in [0, 1] (Table 7, Fig. 9).
+    """(focused, unfocused, random) pixel masks (N, H, W) from Grad-CAM maps in [0, 1] (Table 7, Fig. 9), each
+    with the same number of pixels per image, so no attack hurts more merely for changing more pixels.
 
-    focused = cam > threshold (the paper's 0.3); unfocused = as many pixels as the focused region has, drawn at
-    random among the pixels with cam <= threshold, so both attacks change the same number of pixels (attacking a
-    larger area would hurt more for that reason alone); random = the same number drawn anywhere (a control).
-    Where the unfocused area is smaller than the focused one, all of it is used; `fractions` reports the shares."""
+    The paper's regions are cam > threshold (its 0.3: *focused*) and the rest (*unfocused*), which differ in size.
+    Per image, n = min(#focused, #unfocused) pixels are attacked in each: the n highest-cam pixels among the
+    focused ones (all of them when the focused region is the smaller), n drawn at random among the unfocused ones,
+    and n drawn anywhere (random: a control). `fractions` reports each mask's share of the pixels (equal by
+    construction) and `focused_share`, the paper's focused region's own share before matching."""
     g = torch.Generator().manual_seed(seed)
     n, h, w = cams.shape
-    focused = cams > threshold
-    unfocused = torch.zeros_like(focused)
-    random_ = torch.zeros_like(focused)
+    above = cams > threshold
+    focused = torch.zeros_like(above)
+    unfocused = torch.zeros_like(above)
+    random_ = torch.zeros_like(above)
     for i in range(n):
-        k = int(focused[i].sum())
-        outside = (~focused[i]).flatten().nonzero().flatten()
-        pick = outside[torch.randperm(len(outside), generator=g)[: min(k, len(outside))]]
-        unfocused[i].view(-1)[pick] = True
-        anywhere = torch.randperm(h * w, generator=g)[:k]
-        random_[i].view(-1)[anywhere] = True
+        inside = above[i].flatten().nonzero().flatten()
+        outside = (~above[i]).flatten().nonzero().flatten()
+        k = min(len(inside), len(outside))
+        top = inside[torch.argsort(cams[i].flatten()[inside], descending=True)[:k]]
+        focused[i].view(-1)[top] = True
+        unfocused[i].view(-1)[outside[torch.randperm(len(outside), generator=g)[:k]]] = True
+        random_[i].view(-1)[torch.randperm(h * w, generator=g)[:k]] = True
     fractions = {name: float(m.float().mean()) for name, m in
                  (("focused", focused), ("unfocused", unfocused), ("random", random_))}
+    fractions["focused_share"] = float(above.float().mean())
     return focused, unfocused, random_, fractions
 
 
