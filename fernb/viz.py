@@ -508,32 +508,6 @@ def plot_patch_grid(image: torch.Tensor, patch_size: int, mask: torch.Tensor | N
     return fig or ax.figure
 
 
-def plot_mae_reconstructions(originals: torch.Tensor, results: dict, suptitle: str = ""):
-    """MAE at several mask ratios (SSFER Fig. 3): rows = images; per ratio, the masked input and the reconstruction.
-
-    originals: (N, C, H, W) in [0, 1]; results: {ratio: (masked (N, C, H, W), reconstruction (N, C, H, W),
-    per-image loss (N,))}, images in [0, 1]."""
-    n = len(originals)
-    cols = 1 + 2 * len(results)
-    fig, axes = plt.subplots(n, cols, figsize=(cols * 1.25, n * 1.35), squeeze=False)
-    for i in range(n):
-        axes[i, 0].imshow(_as_hwc(originals[i]), cmap="gray" if originals.shape[1] == 1 else None)
-        for k, (ratio, (masked, recon, loss)) in enumerate(results.items()):
-            axes[i, 1 + 2 * k].imshow(_as_hwc(masked[i]), cmap="gray" if masked.shape[1] == 1 else None)
-            axes[i, 2 + 2 * k].imshow(_as_hwc(recon[i]), cmap="gray" if recon.shape[1] == 1 else None)
-            axes[i, 2 + 2 * k].set_xlabel(f"loss {float(loss[i]):.2f}", fontsize=7)
-            if i == 0:
-                axes[i, 1 + 2 * k].set_title(f"masked {ratio:.0%}", fontsize=8)
-                axes[i, 2 + 2 * k].set_title("reconstruction", fontsize=8)
-    axes[0, 0].set_title("original", fontsize=8)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle(suptitle, fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
 def plot_mae_predictions(originals: torch.Tensor, normalized_target: torch.Tensor, results: dict,
                          suptitle: str = ""):
     """MAE at several mask ratios (SSFER Fig. 3), the decoder's own output beside the common borrowed view.

@@ -255,7 +255,7 @@ def mask_ratio_explorer(mae, images: torch.Tensor, ratios=(0.25, 0.95), device=N
     """Live: the MAE's reconstruction of one face as the mask ratio r moves (SSFER Fig. 3), one seeded mask per
     "mask seed": the decoder's own prediction in the loss's space (per-patch normalized pixels) beside the usual
     view that borrows each masked patch's true mean and std (labelled so). `images` are normalized network inputs (N, C, H, W); the static twin is
-    `viz.plot_mae_reconstructions`."""
+    `viz.plot_mae_predictions`."""
     import ipywidgets as W
 
     from . import engine

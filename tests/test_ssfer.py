@@ -332,9 +332,10 @@ def test_ssfer_figures_render(faces):
     results = {}
     for r in (0.5, 0.9):
         masked, recon, _ = mae.reconstruct(x, r)
-        results[r] = (masked * 0.5 + 0.5, recon * 0.5 + 0.5, torch.ones(3))
+        target, own, loss = mae.reconstruct_normalized(x, r)
+        results[r] = (masked * 0.5 + 0.5, own, recon * 0.5 + 0.5, loss)
     figs = [viz.plot_patch_grid(faces.images[0].float() / 255, 8, mask=torch.rand(36) < 0.75),
-            viz.plot_mae_reconstructions(x * 0.5 + 0.5, results),
+            viz.plot_mae_predictions(x * 0.5 + 0.5, target, results),
             viz.plot_facemix_pairs(faces.images[:2].float() / 255, faces.images[2:4].float() / 255,
                                    faces.boxes[:2], faces.boxes[2:4], 0.5, torch.tensor([0.1, 0.4])),
             viz.plot_attack_examples(faces.images[:2].float() / 255, torch.rand(2, 48, 48),

@@ -319,11 +319,11 @@ def threshold_curve(model: torch.nn.Module, unlabeled, taus, device=None, batch_
     probs = torch.cat([model(engine.batch_input(unlabeled, idx, device)).float().softmax(1).cpu()
                        for idx in torch.arange(len(unlabeled)).split(batch_size)])
     conf, pred = probs.max(1)
-    truth = unlabeled.clean_labels
-    right = (pred == truth.cpu()) if truth is not None else torch.full_like(pred, -1).float() * float("nan")
+    truth = unlabeled.clean_labels           # None: nothing to audit against, the precision column stays NaN
+    right = (pred == truth.cpu()).float() if truth is not None else None
     rows = [{"τ": t, "accepted": float((conf > t).float().mean()),
-             "precision": float(right[conf > t].float().mean()) if (conf > t).any() else np.nan} for t in taus]
-    # without clean labels the precision column stays NaN (nothing to audit against)
+             "precision": float(right[conf > t].mean()) if right is not None and (conf > t).any() else np.nan}
+            for t in taus]
     return pd.DataFrame(rows)
 
 
