@@ -11,13 +11,16 @@ nothing.
 - an absolute path under the repository (or the home folder) inside a text output becomes relative (`~/...` for the
   home folder), and ipykernel's temporary cell file names (`/tmp/ipykernel_123/456.py`) become `<cell>`;
 - a widget output whose text fallback is the widget tree's repr (`HBox(children=(VBox(...`) gets the explorer's
-  `fernb.widgets.fallback_text`, as the explorers now display themselves.
+  `fernb.widgets.fallback_text`, as the explorers now display themselves;
+- a styled table whose text fallback is the object's repr (`<pandas.io.formats.style.Styler at 0x7f...>`, which
+  tells a plain-text reader nothing and changes at every run) gets the table as text, read from its own HTML.
 
 `machine_paths(nb)` lists what is left that looks like a path of the executing machine.
 """
 from __future__ import annotations
 
 import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 from .paths import REPO
@@ -26,6 +29,8 @@ WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 PATH_REPR = re.compile(r"""^(?:Posix|Windows|Pure(?:Posix|Windows)?)?Path\((['"]).*\1\)$""", re.S)
 WIDGET_REPR = re.compile(r"^[A-Z]\w*\((?:children|value|description|options|layout)=", re.S)
 EXPLORER_CALL = re.compile(r"\bwidgets\.(\w+_explorer)\s*\(")
+STYLER_REPR = re.compile(r"^<pandas\.io\.formats\.style\.Styler object at 0x[0-9a-fA-F]+>$|"
+                         r"^<pandas\.io\.formats\.style\.Styler at 0x[0-9a-fA-F]+>$")
 IPYKERNEL_FILE = re.compile(r"""(?:[^\s'"():]*/)?ipykernel_\d+/\d+\.py""")
 # absolute paths of the usual roots of a machine, and of the roots holding this checkout and the home folder
 # (a CI clone may live under /check or /builds); used to audit, not to rewrite
@@ -74,9 +79,55 @@ def _widget_text(source: str) -> str:
     return "Interactive widget: it needs a live Jupyter kernel; its saved state shows where one can be drawn."
 
 
+class _TableText(HTMLParser):
+    """Caption and cell texts of the first <table> in an HTML fragment (the stdlib parser: pandas.read_html needs
+    lxml or html5lib, which fernb does not install)."""
+
+    def __init__(self):
+        super().__init__()
+        self.caption, self.rows, self._cell, self._in = [], [], None, []
+
+    def handle_starttag(self, tag, attrs):
+        self._in.append(tag)
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None and self.rows:
+            self.rows[-1].append(" ".join("".join(self._cell).split()))
+            self._cell = None
+        while self._in and self._in.pop() != tag:
+            pass
+
+    def handle_data(self, data):
+        if "style" in self._in:
+            return
+        if self._cell is not None:
+            self._cell.append(data)
+        elif "caption" in self._in:
+            self.caption.append(data)
+
+
+def table_text(html: str) -> str:
+    """A styled table's HTML as aligned plain text (caption first; columns padded to their widest cell)."""
+    parser = _TableText()
+    parser.feed(html)
+    rows = [r for r in parser.rows if r]
+    if not rows:
+        return ""
+    ncol = max(map(len, rows))
+    rows = [r + [""] * (ncol - len(r)) for r in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(ncol)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    caption = " ".join("".join(parser.caption).split())
+    return "\n".join(([caption] if caption else []) + lines)
+
+
 def tidy(nb, root: Path = REPO) -> dict:
     """Clean `nb` (an nbformat NotebookNode) in place; returns how many of each fix it made."""
-    counts = {"papermill_paths": 0, "path_reprs": 0, "widget_texts": 0, "relativised": 0}
+    counts = {"papermill_paths": 0, "path_reprs": 0, "widget_texts": 0, "styler_texts": 0, "relativised": 0}
     papermill = nb.metadata.get("papermill")
     if isinstance(papermill, dict):
         for key in ("input_path", "output_path"):
@@ -98,6 +149,11 @@ def tidy(nb, root: Path = REPO) -> dict:
             if WIDGET_VIEW in data and WIDGET_REPR.match(_join(data.get("text/plain", "")).strip()):
                 data["text/plain"] = _widget_text(cell.get("source", ""))
                 counts["widget_texts"] += 1
+            if "text/html" in data and STYLER_REPR.match(_join(data.get("text/plain", "")).strip()):
+                text = table_text(_join(data["text/html"]))
+                if text:
+                    data["text/plain"] = text
+                    counts["styler_texts"] += 1
             for mime in TEXT_MIMES:
                 if mime in data and isinstance(data[mime], (str, list)):
                     new = _relativise(_join(data[mime]), prefixes)

@@ -5,6 +5,7 @@ import io
 import json
 
 import nbformat
+import pandas as pd
 import pytest
 
 from fernb import nbclean, site, widgets
@@ -31,8 +32,12 @@ def _executed_notebook():
     log.outputs = [nbformat.v4.new_output("stream", name="stdout", text=f"cache at {REPO}/data/cache/x.pt\n"),
                    nbformat.v4.new_output("stream", name="stderr",
                                           text="/tmp/ipykernel_4242/123456.py:3: UserWarning: careful\n")]
+    table = nbformat.v4.new_code_cell("card.show()")
+    styled = pd.DataFrame({"claim": ["A > B"], "measured": ["0.616 vs 0.628"]}).style.set_caption("Scorecard")
+    table.outputs = [nbformat.v4.new_output("execute_result", {"text/html": styled.to_html(),
+                                                               "text/plain": repr(styled)}, execution_count=2)]
     title = nbformat.v4.new_markdown_cell("# 00 · A title\n\nThe intro.\n\n| a | b |\n|---|---|")
-    nb.cells = [title, save, explorer, log]
+    nb.cells = [title, save, explorer, log, table]
     return nb
 
 
@@ -41,10 +46,10 @@ def test_tidy_removes_every_machine_path_and_repr():
     nb = _executed_notebook()
     assert len(nbclean.machine_paths(nb)) >= 4
     counts = nbclean.tidy(nb)
-    assert counts == {"papermill_paths": 2, "path_reprs": 1, "widget_texts": 1, "relativised": 2}
+    assert counts == {"papermill_paths": 2, "path_reprs": 1, "widget_texts": 1, "styler_texts": 1, "relativised": 2}
     assert nb.metadata.papermill["input_path"] == "notebooks/00_x.ipynb"   # inside the repository: relative
     assert nb.metadata.papermill["output_path"] == "00_x.ipynb"            # outside it: the name only
-    save, explorer, log = nb.cells[1:]
+    save, explorer, log, table = nb.cells[1:]
     assert [o.output_type for o in save.outputs] == ["display_data"]       # the figure stays, the path repr goes
     data = explorer.outputs[0]["data"]
     assert data[WIDGET_VIEW]["model_id"] == "abc"                          # still drawn live / from saved state
@@ -52,6 +57,8 @@ def test_tidy_removes_every_machine_path_and_repr():
     assert "needs a live Jupyter kernel" in data["text/plain"] and data["text/plain"].startswith("AU explorer")
     assert log.outputs[0]["text"] == "cache at data/cache/x.pt\n"
     assert log.outputs[1]["text"] == "<cell>:3: UserWarning: careful\n"
+    assert table.outputs[0]["data"]["text/plain"].splitlines() == [   # the table itself, not '<...Styler at 0x..>'
+        "Scorecard", "   claim  measured", "0  A > B  0.616 vs 0.628"]
     assert nbclean.machine_paths(nb) == []
     assert nbclean.tidy(nb) == dict.fromkeys(counts, 0)                    # idempotent
 
@@ -66,7 +73,8 @@ def test_tidy_keeps_what_is_not_a_path_or_a_widget_repr():
                     nbformat.v4.new_output("display_data", {WIDGET_VIEW: {"model_id": "m"},
                                                             "text/plain": "A sentence someone wrote."})]
     nb.cells = [cell]
-    assert nbclean.tidy(nb) == {"papermill_paths": 0, "path_reprs": 0, "widget_texts": 0, "relativised": 0}
+    assert nbclean.tidy(nb) == {"papermill_paths": 0, "path_reprs": 0, "widget_texts": 0, "styler_texts": 0,
+                                 "relativised": 0}
     assert len(cell.outputs) == 3
 
 
