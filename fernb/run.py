@@ -30,6 +30,9 @@ KERNEL = "fernb"
 CELL_TIMEOUT = {"smoke": 600, "cpu": 1800, "gpu": 1800, "paper": 48 * 3600}
 
 
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+
+
 def notebooks() -> list[Path]:
     return sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
 
@@ -242,6 +245,9 @@ def main(argv=None) -> int:
         os.environ.setdefault("FERNB_CHECKPOINTS", str(output_dir / "checkpoints"))
     kernel = ensure_kernel(args.kernel)
     os.environ["FERNB_HEADLESS"] = "1"  # profiles turn progress bars off: they are clutter in an executed notebook
+    # figures go into the notebook whatever backend the caller's shell set: an inherited MPLBACKEND=Agg (the test
+    # suite sets it) made the kernel draw every figure into nothing, and an executed notebook came out with no image
+    os.environ["MPLBACKEND"] = INLINE_BACKEND
     statuses = []
     user_compile = os.environ.get("FERNB_COMPILE")
     for path in paths:

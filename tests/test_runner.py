@@ -64,6 +64,9 @@ def test_smoke_run_of_the_tour_passes_its_floors(tmp_path):
     widget_texts = [o["data"]["text/plain"] for c in nb.cells for o in c.get("outputs", [])
                     if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert widget_texts and all("needs a live Jupyter kernel" in t for t in widget_texts), widget_texts
+    # figures reach the notebook although this test's environment sets MPLBACKEND=Agg (the runner sets the inline one)
+    assert sum("image/png" in o.get("data", {}) or "image/jpeg" in o.get("data", {})
+               for c in nb.cells for o in c.get("outputs", [])) >= 5
     # the committed notebook and its committed figures are untouched by a smoke run
     assert (TOUR.stat().st_mtime_ns, hashlib.sha256(TOUR.read_bytes()).hexdigest()) == before
     assert _snapshot(REPO / "figures" / TOUR.stem) == committed_figures

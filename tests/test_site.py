@@ -219,3 +219,13 @@ def test_install_assets_serves_mathjax_and_the_widget_renderer_locally(tmp_path)
     assert list((vendor / "html-manager").glob("*.woff2"))
     assert not list(vendor.rglob("*.map")) and not (vendor / "mathjax" / "sre").exists()
     assert sum(sizes.values()) < 12e6
+
+
+def test_every_committed_notebook_shows_its_figures():
+    """The committed executed notebooks carry their figures inline (notebook 02 was once executed under an inherited
+    MPLBACKEND=Agg and came out with none: its site page showed no figure and the browser test compared 0 with 0)."""
+    for path in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        images = sum(any(k.startswith("image/") for k in o.get("data", {}))
+                     for c in nb.cells for o in c.get("outputs", []))
+        assert images >= 5, f"{path.name}: {images} image outputs"
