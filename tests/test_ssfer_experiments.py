@@ -133,3 +133,20 @@ def test_components_line_formats_the_differences_it_names():
     line = X.components_line(_acc())
     assert "+ FaceMix 0.530 (+0.020)" in line and "vs the labels-only control 0.535 (+0.035)" in line
     assert "CutMix 0.500 (-0.010, its seeds)" in line
+
+
+def test_gradcam_note_counts_right_faces_and_scores_synthfer_only():
+    from fernb import models
+    from fernb.data import synthfer as S
+
+    test = S.synthfer("test", 24, size=48, seed=0)
+    model = models.create("vit_mini", 7, in_chans=3, img_size=48, patch_size=8, embed_dim=64, depth=2)
+    predictions = test.labels.clone()
+    predictions[:3] = (predictions[:3] + 1) % 7                       # 3 of the 8 shown faces wrong
+    text, score = X.gradcam_note(model, test, torch.arange(8), predictions)
+    assert "5 of 8 shown faces are classified correctly" in text and "(6 x 6)" in text
+    assert score is not None and score > 0 and f"**{score:.2f}**" in text
+    real = S.synthfer("test", 24, size=48, seed=0)
+    real.info = {"source": "RAF-DB"}                                   # no renderer masks: caption without a score
+    text, score = X.gradcam_note(model, real, torch.arange(8), predictions)
+    assert score is None and "Localisation" not in text

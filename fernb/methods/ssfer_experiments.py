@@ -336,3 +336,24 @@ def components_line(acc: dict) -> str:
              f"FixMatch {m[FIXMATCH]:.3f}"]
     parts += [f"{n} {m[n]:.3f} ({m[n] - m[BASELINE]:+.3f}, its seeds)" for n in (MIXUP, CUTMIX) if n in m]
     return "*Components* (differences of seed means; the scorecard pairs them by seed): " + ", ".join(parts) + "."
+
+
+def gradcam_note(model: torch.nn.Module, test, shown, predictions, n_score: int = 500) -> tuple[str, float | None]:
+    """The Fig. 8 caption: how many shown faces are right, the Grad-CAM map's resolution and, on SynthFER, the
+    localisation score of notebook 00 (`viz.gradcam_localisation`: CAM share on the true expression's action-unit
+    regions over their share of the face, 1.0 = spread evenly) over the expressive faces among the first `n_score`
+    test images. Returns (markdown, score or None where the data has no region masks)."""
+    from .. import viz
+
+    shown = torch.as_tensor(shown)
+    n_right = int((torch.as_tensor(predictions)[shown] == test.labels.cpu()[shown]).sum())
+    layers, _, name, side = viz.gradcam_target_layers(model, test.image_size)
+    text = (f"Titles: true → predicted class (red: wrong); {n_right} of {len(shown)} shown faces are classified "
+            f"correctly. The ViT's Grad-CAM map (block `{name}`) has one value per patch ({side} x {side}), so it "
+            "can point at a region of the face (mouth, brows), not at a pixel.")
+    if str(test.info.get("source", "")).lower() != "synthfer":
+        return text, None
+    loc = viz.gradcam_localisation(model, test, torch.arange(min(n_score, len(test))))
+    n = int((~loc["scores"].isnan()).sum())
+    return (text + f" **Localisation score** over {n} expressive test faces: **{loc['mean']:.2f}** (1.0 = no "
+            "better than spread evenly over the face; notebook 00)."), loc["mean"]
