@@ -18,6 +18,17 @@ def figure_dir(notebook: str) -> Path:
     return path
 
 
+def keyed(folder, stem: str, *parts, suffix: str = ".pt") -> Path:
+    """`folder/<stem>-<12 hex>.pt`: a checkpoint named by a hash of everything that shapes it (settings, seed, a
+    dataset's `FERDataset.fingerprint()`), so a changed setting or re-rendered data trains anew instead of loading a
+    checkpoint made for something else."""
+    import hashlib
+    import json
+
+    key = hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return Path(folder) / f"{stem}-{key}{suffix}"
+
+
 def checkpoint_dir() -> Path:
     path = Path(os.environ.get("FERNB_CHECKPOINTS") or REPO / "data" / "checkpoints")
     path.mkdir(parents=True, exist_ok=True)

@@ -229,3 +229,26 @@ def test_hide_labels():
     assert torch.equal(partial.clean_labels, y)
     assert torch.equal(data.labels, y)
     assert torch.equal(partial.class_counts(), torch.full((7,), 10))
+
+
+def test_fingerprint_follows_pixels_labels_and_version_and_names_checkpoints(tmp_path):
+    from fernb import paths
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (300, 1, 8, 8), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 7, (300,), generator=g)
+    ds = FERDataset(images, labels, CLASSES_7, clean_labels=labels.clone(), name="x", info={"version": 4})
+    same = FERDataset(images.clone(), labels.clone(), CLASSES_7, clean_labels=labels.clone(), name="x",
+                      info={"version": 4})
+    assert ds.fingerprint() == same.fingerprint() and len(ds.fingerprint()) == 12
+    swapped = labels.clone()
+    swapped[[0, 1]] = swapped[[1, 0]] if swapped[0] != swapped[1] else (swapped[[0, 1]] + 1) % 7
+    changed = [FERDataset(images, labels, CLASSES_7, clean_labels=labels.clone(), name="x", info={"version": 5}),
+               FERDataset(images, swapped, CLASSES_7, clean_labels=labels.clone(), name="x", info={"version": 4}),
+               FERDataset(images.flip(0), labels, CLASSES_7, clean_labels=labels.clone(), name="x",
+                          info={"version": 4})]
+    assert len({ds.fingerprint(), *(c.fingerprint() for c in changed)}) == 4   # re-render, noise, other pixels
+    a = paths.keyed(tmp_path, "source-dal", "resnet", 0.1, ds.fingerprint())
+    assert a.parent == tmp_path and a.name.startswith("source-dal-") and a.suffix == ".pt"
+    assert a == paths.keyed(tmp_path, "source-dal", "resnet", 0.1, same.fingerprint())
+    assert a != paths.keyed(tmp_path, "source-dal", "resnet", 0.1, changed[0].fingerprint())

@@ -94,6 +94,23 @@ class FERDataset:
         valid = self.labels[self.labels >= 0]
         return torch.bincount(valid.cpu(), minlength=self.num_classes)
 
+    def fingerprint(self) -> str:
+        """A short hash of what a model trained on this dataset depends on: name, size, image shape, the given and
+        clean labels, a strided checksum of the pixels and the dataset-level version (SynthFER's `VERSION`). Checkpoint
+        names carry it, so a re-render, new label noise or another subset trains a new model instead of loading one
+        trained on other data."""
+        import hashlib
+        import json
+
+        step = max(1, len(self) // 256)
+        sums = self.images[::step].to(torch.int64).flatten(1).sum(1)       # per image, weighted by position
+        probe = int((sums * torch.arange(1, len(sums) + 1, device=sums.device)).sum())
+        labels = [int((self.labels.cpu().to(torch.int64) * torch.arange(1, len(self) + 1)).sum())]
+        if self.clean_labels is not None:
+            labels.append(int((self.clean_labels.cpu().to(torch.int64) * torch.arange(1, len(self) + 1)).sum()))
+        spec = [self.name, tuple(self.images.shape), probe, labels, self.info.get("version")]
+        return hashlib.sha1(json.dumps(spec, default=str).encode()).hexdigest()[:12]
+
     def float_images(self, index=None, device=None) -> torch.Tensor:
         """Images as float32 in [0, 1] (a batch when `index` is given)."""
         x = self.images if index is None else self.images[index]

@@ -411,9 +411,9 @@ def run(spec: Spec, pool: FERDataset, n_labeled: int, seed: int, tests: dict, *,
     ckpt = None
     if checkpoint_dir is not None:
         key = json.dumps({"spec": [spec.method, spec.kwargs], "n": n_labeled, "seed": seed, "source": source,
-                          "pool": [pool.name, len(pool)], "model": model, "steps": steps, "spe": steps_per_epoch,
-                          "bs": batch_size, "u": uratio, "lr": lr, "ema": ema_momentum, "pre": _fingerprint(pretrained),
-                          "warm": _fingerprint(warm_start)},
+                          "pool": [pool.name, len(pool), pool.fingerprint()], "model": model, "steps": steps,
+                          "spe": steps_per_epoch, "bs": batch_size, "u": uratio, "lr": lr, "ema": ema_momentum,
+                          "pre": _fingerprint(pretrained), "warm": _fingerprint(warm_start)},
                          sort_keys=True, default=str)
         ckpt = Path(checkpoint_dir) / f"{spec.method}-{seed}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
     trainer = semisup.SemiSupervisedTrainer(net, data, None, method, steps=steps, steps_per_epoch=steps_per_epoch,

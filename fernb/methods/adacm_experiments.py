@@ -141,7 +141,7 @@ def warm_starts(backbone_state: dict, pool, n_labeled: int, seeds, test, *, mode
         net = A.create_model(model, pool.num_classes, pool.channels, pool.image_size, seed, backbone_state)
         ckpt = None
         if checkpoint_dir is not None:
-            key = _key(model, pool.name, len(pool), n_labeled, seed, steps, batch_size, lr, fingerprint, tag)
+            key = _key(model, pool.fingerprint(), n_labeled, seed, steps, batch_size, lr, fingerprint, tag)
             ckpt = Path(checkpoint_dir) / f"warm-{n_labeled}-{seed}-{key}.pt"
         history = engine.fit(net, labeled, steps=steps, batch_size=batch_size, lr=lr, augment="weak", device=device,
                              seed=seed, progress=False, checkpoint=ckpt, desc=f"warm start s{seed}")

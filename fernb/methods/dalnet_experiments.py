@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import engine, parallel
+from .. import engine, parallel, paths
 from .. import scorecard as sc
 from ..data import synthfer as S
 from ..data.sources import has_clean_labels, load_splits
@@ -83,10 +83,12 @@ def describe_data(d, P) -> str:
 def source_models(identities, activations, P, device=None, checkpoint_dir=None, seed: int = 0) -> dict:
     """{activation: PretrainResult}: one face-recognition source per head activation (the DAL and the
     single-activation controls of Table 9), trained once with softmax cross-entropy; with `checkpoint_dir`, a
-    finished one is loaded from its checkpoint."""
+    finished one is loaded from its checkpoint (named by its settings, `seed` and the identity data's fingerprint)."""
     out = {}
     for act in activations:
-        ckpt = None if checkpoint_dir is None else Path(checkpoint_dir) / f"source-{act}-{P.pretrain_steps}.pt"
+        ckpt = None if checkpoint_dir is None else paths.keyed(
+            checkpoint_dir, f"source-{act}-{P.pretrain_steps}", P.model, dict(P.model_kwargs), P.pretrain_lr,
+            P.pretrain_batch, seed, identities.fingerprint())
         out[act] = T.pretrain_face_recognition(
             identities, model_name=P.model, model_kwargs={"activation": act, **P.model_kwargs},
             steps=P.pretrain_steps, lr=P.pretrain_lr, batch_size=P.pretrain_batch, device=device, seed=seed,

@@ -101,8 +101,7 @@ def warm_config(P) -> dict:
 
 
 def _fingerprint(cfg: dict, data) -> str:
-    text = json.dumps(cfg, sort_keys=True, default=str) + data.name + str(len(data)) + \
-        str(int(data.labels.sum())) + str(data.image_size)
+    text = json.dumps(cfg, sort_keys=True, default=str) + data.fingerprint()
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
