@@ -85,6 +85,34 @@ def test_transfer_takeaway_reads_the_numbers_both_ways():
     assert "k = 3" in helps and "0.730" in helps and "beats starting from random weights" in helps
     hurts = X.transfer_takeaway(_frame(0.60, 0.62, 0.70), [0, 1, 2], 0, sources, 3)
     assert "Transfer does not help here" in hurts and "74%" in hurts and "scratch 0.700" in hurts
+    assert "0.34 points above k = 0" in hurts                                    # 65.04 - 64.70, Tables 3-4
+    assert X.paper_transfer_gain("SFEW 2.0", 3) == pytest.approx(44.94 - 46.67)
+    assert X.paper_transfer_gain(None, 3) is None
+    lost = X.transfer_takeaway(_frame(0.60, 0.62, 0.70), [0, 1, 2], 0, sources, 3,
+                               probe={"face-recognition source": 0.41, "random weights": 0.52})
+    assert "0.410 from the source's and 0.520" in lost and "built to discard" in lost
+    kept = X.transfer_takeaway(_frame(0.60, 0.62, 0.70), [0, 1, 2], 0, sources, 3,
+                               probe={"face-recognition source": 0.58, "random weights": 0.52})
+    assert "does not explain" in kept and "discard what" not in kept
+
+
+def test_expression_probe_reads_a_face_recognition_feature_space_and_random_weights():
+    from fernb.data import synthfer as S
+    from fernb import models
+
+    train, test = S.synthfer("train", 140, size=48, seed=0), S.synthfer("test", 70, size=48, seed=0)
+    torch.manual_seed(1)
+    net = models.create("dalnet_mini", 5, in_chans=3, img_size=48)
+    source = SimpleNamespace(state=net.state_dict(), num_identities=5, config={"model": "dalnet_mini",
+                                                                                "model_kwargs": {}})
+    probe = X.expression_probe(source, train, test, seed=0)
+    assert set(probe) == {"face-recognition source", "random weights"}
+    assert all(0.0 <= v <= 1.0 for v in probe.values())
+    torch.manual_seed(0)
+    same = models.create("dalnet_mini", 5, in_chans=3, img_size=48).state_dict()
+    source.state = same                                    # the source IS the seed-0 random network: equal probes
+    probe = X.expression_probe(source, train, test, seed=0)
+    assert probe["face-recognition source"] == pytest.approx(probe["random weights"])
 
 
 def test_claims_withhold_the_verdict_against_a_collapsed_arm():
@@ -102,7 +130,7 @@ def test_claims_withhold_the_verdict_against_a_collapsed_arm():
                        + [_run(m, None, s, 0.57) for m in ("one-stage", "scratch") for s in seeds])
     rounds = pd.DataFrame([{"selector": sel, "round": t, "seed": s, "accuracy": 0.6 + 0.01 * t, "looks": 10 * (t > 0),
                             "nonfaces": 2, "wrong_web_labels": 1, "used": 7, "used_wrong": 0, "hard": 0}
-                           for sel in ("worthiness", "random", "no web images (same steps)") for t in (0, 1)
+                           for sel in ("worthiness", "random", X.NO_WEB_REPLAY) for t in (0, 1)
                            for s in seeds])
     P = SimpleNamespace(model="dalnet_mini", image_size=48, n_train=100, stage1_steps=5, stage2_steps=5,
                         pretrain_identities=10, pretrain_steps=5, ks=(0, 3, 5), rounds=1, b=10, ail_steps=5,
@@ -130,17 +158,36 @@ def test_softmax_mse_demo_matches_cross_entropy_and_the_exact_derivative_differs
     assert demo["value"] == pytest.approx((demo["y_hat"] - 4) ** 2)
 
 
-def test_incremental_takeaway_says_when_the_no_web_control_wins():
-    rows = [{"selector": sel, "round": t, "seed": s, "accuracy": acc if t == 1 else 0.70, "looks": 10 * t,
-             "nonfaces": 2 * t, "wrong_web_labels": 0, "used": 8 * t, "used_wrong": 0, "hard": 0}
-            for sel, acc in (("worthiness", 0.66), ("random", 0.65), ("no web images (same steps)", 0.71))
-            for t in (0, 1) for s in (0, 1)]
-    rounds = pd.DataFrame(rows)
+def test_incremental_takeaway_reads_both_no_web_controls():
+    def rounds_with(accs):
+        return pd.DataFrame([{"selector": sel, "round": t, "seed": s, "accuracy": acc if t == 1 else 0.70,
+                              "looks": 10 * t if sel in ("worthiness", "random") else 0, "nonfaces": 2 * t,
+                              "wrong_web_labels": 0, "used": 8 * t, "used_wrong": 0, "hard": 0}
+                             for sel, acc in accs.items() for t in (0, 1) for s in (0, 1)])
     spent = pd.DataFrame({"non-face share of looks": {"worthiness": 0.2, "random": 0.2},
                           "web share of the fine-tuning data": {"worthiness": 0.5, "random": 0.5}})
-    web = SimpleNamespace(is_face=torch.tensor([True, True, True, False]))
-    text = X.incremental_takeaway({"rounds": rounds, "spent": spent}, SimpleNamespace(rounds=1, b=10), web)
-    assert "The same steps without any web image reach 0.710" in text and "below M_0" in text
-    rounds.loc[(rounds["selector"] == "worthiness") & (rounds["round"] == 1), "accuracy"] = 0.75
-    text = X.incremental_takeaway({"rounds": rounds, "spent": spent}, SimpleNamespace(rounds=1, b=10), web)
-    assert "add +0.040 over the same steps without them (0.710)" in text
+    web, P = SimpleNamespace(is_face=torch.tensor([True, True, True, False])), SimpleNamespace(rounds=1, b=10)
+    accs = {"worthiness": 0.66, "random": 0.65, X.NO_WEB_REPLAY: 0.66, X.NO_WEB_ALL: 0.71}
+    text = X.incremental_takeaway({"rounds": rounds_with(accs), "spent": spent}, P, web)
+    assert "change accuracy by +0.000" in text and "add nothing a round of old images does not" in text
+    assert "A round this small costs -0.040 against M_0 (0.700)" in text
+    assert "whole training set reach 0.710, above every selector" in text
+    accs.update(worthiness=0.69, **{X.NO_WEB_REPLAY: 0.64})
+    text = X.incremental_takeaway({"rounds": rounds_with(accs), "spent": spent}, P, web)
+    assert "change accuracy by +0.050: that is what the web images themselves add" in text
+
+
+def test_auc_reading_says_which_way_w_ranks():
+    text = X.auc_reading({"non-faces vs faces": 0.625, "wrong-label faces vs right-label faces": 0.492,
+                          "right-label faces vs the rest": 0.40})
+    assert "W ranks non-faces above faces (0.625)" in text and "spends more of its looks" in text
+    assert "W does not separate faces with a wrong web label from right-label faces (0.492)" in text
+    assert "W ranks right-label faces below the rest (0.400)" in text
+    kinds = pd.DataFrame({"mean e": {"face, right web label": 0.766, "face, wrong web label": 0.783,
+                                     "non-face": 1.058}})
+    text = X.auc_reading({"non-faces vs faces": 0.625, "wrong-label faces vs right-label faces": 0.492,
+                          "right-label faces vs the rest": 0.40}, kinds)
+    assert "(mean entropy e 1.058 against 0.766-0.783 for faces)" in text
+    calm = X.auc_reading({"non-faces vs faces": 0.30, "wrong-label faces vs right-label faces": 0.5,
+                          "right-label faces vs the rest": 0.5})
+    assert "below faces" in calm and "spends more" not in calm

@@ -170,3 +170,24 @@ def test_replay_ratio_sets_the_web_share_and_the_no_web_control_looks_at_nothing
     assert len(control.rounds) == 3 and control.web_share == []
     with pytest.raises(ValueError, match="replay_train"):
         I.run_incremental(start, train, web, train, replay_train=-1.0, **kw)
+
+
+def test_replay_only_control_trains_on_a_round_sized_sample_of_the_training_set(monkeypatch):
+    web, train, cfg, start = _incremental_setup(40)
+    faces = float(web.is_face.float().mean()) * 10
+    assert I.expected_round_size(10, web, 1.0, 40) == round(2 * faces)
+    assert I.expected_round_size(10, web, False, 40) == round(faces)
+    assert I.expected_round_size(10, web, True, 40) == round(faces) + 40
+    seen = []
+    fit = I._fit_round
+    monkeypatch.setattr(I, "_fit_round", lambda model, data, **kw: (seen.append(data), fit(model, data, **kw))[1])
+    res = I.run_incremental(start, train, web, train, cfg=cfg, selector=I.REPLAY_ONLY, rounds=2, b=10, steps=2,
+                            replay_train=1.0, seed=3, device="cpu")
+    assert [len(d) for d in seen] == [round(2 * faces)] * 2          # the expected size of a round of web data
+    assert all(d.name == "train" for d in seen) and res.web_share == []
+    assert [r.looks for r in res.rounds] == [0, 0, 0]                 # no candidate looked at
+    assert not torch.equal(seen[0].images, seen[1].images)           # a fresh sample each round
+    seen.clear()
+    I.run_incremental(start, train, web, train, cfg=cfg, selector=I.NO_WEB, rounds=1, b=10, steps=2,
+                      replay_train=1.0, seed=3, device="cpu")
+    assert [len(d) for d in seen] == [40]                             # the other control: the whole training set

@@ -32,8 +32,12 @@ Choices the paper leaves open, and what is done here:
   what it trains on (100 of 1,100 images); a number r replays a seeded random sample of the training set r times
   the size of H u Z (r = 1: half of each round's data is web images); `replay_train=False` is Alg. 1's literal
   H u Z. Each round fine-tunes from M_{T-1} for a fixed number of steps at a small learning rate.
-* **The no-web control** (`selector="none"`): the same rounds and steps from M_0 on the training set alone, no
-  candidate looked at: what the steps buy without the web images.
+* **The no-web controls.** `selector="none"`: the same rounds and steps from M_0 on the whole training set, no
+  candidate looked at: what the steps buy without the web images. `selector="replay"`: the same rounds and steps on
+  a fresh seeded sample of the training set as large as a round of web data is expected to be ((1 + r) x b x the
+  pool's face share, r the replay ratio): what the steps buy on a round-sized set of images the model has already
+  seen, so a gap between a selector and it is the web images' own (a small set fine-tuned for many steps can cost
+  accuracy whatever it holds).
 * **Cost.** One unit per candidate looked at: a face is labeled (its clean label, whether the web label was right
   or not), a non-face is rejected and yields nothing. Every selector looks at b candidates a round, so selectors
   are compared at equal annotation cost; what differs is how many of those looks buy a usable label.
@@ -59,10 +63,12 @@ from .transfer import FinetuneConfig, loss_step
 
 __all__ = ["patch_boxes", "cut_patches", "patch_probs", "dominant_class", "top_alpha_patches", "patch_entropy",
            "patch_diversity", "Worthiness", "worthiness", "sampling_probabilities", "randomized_select",
-           "Annotator", "SELECTORS", "NO_WEB", "RoundRecord", "IncrementalResult", "run_incremental", "concat"]
+           "Annotator", "SELECTORS", "NO_WEB", "REPLAY_ONLY", "CONTROLS", "RoundRecord", "IncrementalResult", "run_incremental", "concat"]
 
 SELECTORS = ("worthiness", "entropy", "diversity", "random")
-NO_WEB = "none"   # the control: the same rounds and steps without web images
+NO_WEB = "none"   # the control: the same rounds and steps without web images, on the whole training set
+REPLAY_ONLY = "replay"   # the control: the same rounds and steps on a round-sized sample of the training set
+CONTROLS = (NO_WEB, REPLAY_ONLY)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -328,6 +334,17 @@ class IncrementalResult:
         return self.rounds[-1].accuracy
 
 
+def expected_round_size(b: int, web: FERDataset, replay_train, n_train: int) -> int:
+    """How many images a round of web data trains on, expected: the b looks' faces (the pool's face share of b; a
+    non-face yields no label) plus the replayed training images (r times as many for a ratio r; all `n_train` for
+    True; none for False). The replay-only control trains on this many training images."""
+    faces = b * (float(web.is_face.float().mean()) if web.is_face is not None else 1.0)
+    if replay_train is True:
+        return int(round(faces)) + n_train
+    ratio = 0.0 if replay_train is False else float(replay_train)
+    return int(round(faces * (1 + ratio)))
+
+
 def _fit_round(model, data, *, cfg: FinetuneConfig, steps, lr, device, seed, progress):
     return engine.fit(model, data, steps=steps, batch_size=cfg.batch_size, lr=lr, weight_decay=cfg.weight_decay,
                       augment=cfg.augment, loss_fn=loss_step(cfg.loss), device=device, seed=seed,
@@ -343,11 +360,12 @@ def run_incremental(start_state: dict, train: FERDataset, web: FERDataset, test:
     """Alg. 1 from M_0 = `start_state` (the two-stage model): `rounds` rounds of select b web candidates ->
     annotate -> fine-tune M_{T-1} on H u Z plus the replayed training images (`replay_train`: True = all of them,
     a number r = a random r x |H u Z| of them, False = none) for `steps` steps at `lr` (default cfg.lr2, the
-    stage-2 rate). Round 0 records M_0 itself; `selector="none"` is the no-web control. See the module docstring
+    stage-2 rate). Round 0 records M_0 itself; `selector="none"` / `"replay"` are the no-web controls (whole training
+    set / a round-sized sample of it, `expected_round_size`). See the module docstring
     for the selectors and the choices made. `seed` drives the randomized selection, the replay sample and the
     fine-tuning batches."""
-    if selector not in SELECTORS + (NO_WEB,):
-        raise ValueError(f"selector must be one of {SELECTORS + (NO_WEB,)}, got {selector!r}")
+    if selector not in SELECTORS + CONTROLS:
+        raise ValueError(f"selector must be one of {SELECTORS + CONTROLS}, got {selector!r}")
     if replay_train is not True and replay_train is not False and float(replay_train) < 0:
         raise ValueError(f"replay_train must be True, False or a ratio >= 0, got {replay_train!r}")
     device = engine.resolve_device(device)
@@ -374,9 +392,13 @@ def run_incremental(start_state: dict, train: FERDataset, web: FERDataset, test:
     result.selected.append(torch.empty(0, dtype=torch.long))
     for T in range(1, rounds + 1):
         t0 = time.perf_counter()
-        if selector == NO_WEB:          # the control: the same steps on the training set, no web image
+        if selector in CONTROLS:        # the controls: the same steps on training images only, no web image
+            data = train
+            if selector == REPLAY_ONLY:
+                n = min(len(train), expected_round_size(b, web, replay_train, len(train)))
+                data = train.subset(torch.randperm(len(train), generator=g)[:n])
             model.train()
-            _fit_round(model, train, cfg=cfg, steps=steps, lr=lr, device=device, seed=seed * 101 + T,
+            _fit_round(model, data, cfg=cfg, steps=steps, lr=lr, device=device, seed=seed * 101 + T,
                        progress=progress)
             metrics = engine.evaluate(model, test, device=device)
             result.rounds.append(RoundRecord(T, metrics["accuracy"], metrics["mean_class_accuracy"], 0, 0.0, 0, 0,

@@ -8,7 +8,7 @@ the classifier to the expression task, and fine-tunes in two stages:
 * **Stage 2**: every layer is unfrozen and the whole network re-trains from the stage-1 model with a smaller
   learning rate.
 
-Here SynthFER's identity pool (>= 500 identities) stands in for CASIA-WebFace. Frozen means frozen: the layer's
+Here SynthFER's identity pool (as many identities as the profile's `pretrain_identities`) stands in for CASIA-WebFace. Frozen means frozen: the layer's
 parameters get no gradient and are not handed to the optimizer (so weight decay cannot move them either), and a
 frozen layer's BatchNorm, if the network has one, stays in eval mode so its running statistics do not drift
 (`freeze_bottom`; DAL-Net's `train()` honours it).
@@ -296,8 +296,8 @@ def runs_frame(runs, **tags):
 
 def choose_k(frame, stage: str = "stage2", metric: str = "val_accuracy") -> int:
     """The k with the best mean `metric` over seeds among two-stage rows of `stage` (ties: the smaller k). The
-    notebook picks k on the validation split so the test comparison against the controls is not a maximum of six
-    noisy test numbers."""
+    notebook picks k on the validation split so the test comparison against the controls is not a maximum over
+    one noisy test number per k tried."""
     f = frame[(frame["mode"] == "two-stage") & (frame["stage"] == stage)]
     if f.empty:
         raise ValueError(f"no two-stage rows for {stage}")
