@@ -60,3 +60,20 @@ def test_judge_notes_are_formatted_from_the_reports():
     notes = tour.judge_notes({"prototypes": rep, "test": rep})
     assert "weakest class disgust (0.20), most often read as anger" in notes["text"]
     assert notes["claims"]["test"].startswith(f"v{tour.JUDGE_BEFORE['version']}")
+
+
+def test_pairs_reading_places_each_real_fer_pair_among_all_pairs():
+    classes = ["neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger"]
+    cm = np.full((7, 7), 1.0)
+    np.fill_diagonal(cm, 50.0)
+    i = {c: k for k, c in enumerate(classes)}
+    cm[i["sadness"], i["neutral"]] = 40                       # sadness-neutral: the most confused pair
+    cm[i["fear"], i["surprise"]] = 10                         # fear-surprise: above the others' mean (2)
+    cm[i["anger"], i["disgust"]] = cm[i["disgust"], i["anger"]] = 0.5  # anger-disgust: below it
+    pairs = tour.top_confusions(cm, classes)
+    text = tour.pairs_reading(pairs)
+    assert "sadness-neutral" in text and "(rank 1 of 21)" in text and "anger-disgust" in text
+    assert "only fear-surprise and sadness-neutral are confused more than that" in text
+    real = {frozenset(p) for p in tour.REAL_FER_PAIRS}
+    others = pairs[[frozenset((a, b)) not in real for a, b in zip(pairs["class a"], pairs["class b"])]]
+    assert f"the other pairs average {others['two-way confusion'].mean():.3f}" in text

@@ -122,6 +122,29 @@ def top_confusions(confusion, classes) -> pd.DataFrame:
     return pd.DataFrame(sorted(pairs, reverse=True), columns=["two-way confusion", "class a", "class b"])
 
 
+def pairs_reading(pairs: pd.DataFrame) -> str:
+    """Where the three pairs real FER confuses most (`REAL_FER_PAIRS`) fall among all pairs of the baseline's
+    two-way confusions (`top_confusions`), each against the mean of the pairs that are not real-FER pairs."""
+    ranked = pairs.reset_index(drop=True)
+    key = lambda a, b: frozenset((a, b))
+    real = {key(a, b) for a, b in REAL_FER_PAIRS}
+    is_real = ranked.apply(lambda r: key(r["class a"], r["class b"]) in real, axis=1)
+    other = float(ranked.loc[~is_real, "two-way confusion"].mean())
+    parts, above = [], []
+    for a, b in REAL_FER_PAIRS:
+        i = int(ranked.index[ranked.apply(lambda r: key(r["class a"], r["class b"]) == key(a, b), axis=1)][0])
+        value = float(ranked.loc[i, "two-way confusion"])
+        parts.append(f"{a}-{b} {value:.3f} (rank {i + 1} of {len(ranked)})")
+        if value > other:
+            above.append(f"{a}-{b}")
+    verdict = ("all three are confused more than that" if len(above) == len(REAL_FER_PAIRS) else
+               f"only {' and '.join(above)} {'is' if len(above) == 1 else 'are'} confused more than that" if above
+               else "none of them is confused more than that")
+    return (f"The three pairs real FER confuses most: {', '.join(parts)}; the other pairs average {other:.3f}, and "
+            f"{verdict}. SynthFER's confusions resemble real FER's where a pair is above that average, not as a "
+            "rule.")
+
+
 def judge_notes(judged: dict) -> dict:
     """The judge section's reading in words, formatted from its numbers: {"text": ..., "claims": {split: note}}."""
     out, lines = {}, []
