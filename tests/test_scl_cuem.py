@@ -275,6 +275,10 @@ def test_run_job_reports_the_audit_batch_accuracy_and_rebuilds_the_trained_net()
     assert out["noise_after"] == pytest.approx(float((out["labels"] != data.clean_labels).float().mean()))
     assert out["relabeled"] == sum(out["history"]["relabeled"]) == int(out["relabel"]["relabeled"].sum())
     assert 0 <= out["relabel_correct"] <= out["relabeled"]
+    wrong = data.labels != data.clean_labels                        # the recall of the run, from its final labels
+    assert out["relabel_recall"] == pytest.approx(float((out["labels"][wrong] == data.clean_labels[wrong])
+                                                        .float().mean()))
+    assert out["relabel_broken"] == int((out["labels"][~wrong] != data.clean_labels[~wrong]).sum())
     assert out["similarity"].shape == (n, 3) and out["embeddings"].shape[0] == n
     acc = out["batch_accuracy"]
     assert acc[("running", 1)] == acc[("running", 16)]               # the running affinity: batch-independent
@@ -287,6 +291,27 @@ def test_run_job_reports_the_audit_batch_accuracy_and_rebuilds_the_trained_net()
                    batch_size=16, use_scl=False, use_cuem=False, progress=False, keep_state=True)
     assert base["relabeled"] == 0 and math.isnan(base["relabel_precision"])
     assert not hasattr(rebuild(base["state"], "resnet_mini_arm", 3, 3, 48), "queue")
+
+
+def test_relabel_audit_precision_recall_and_broken_on_a_crafted_run():
+    from fernb.methods.scl import relabel_audit
+
+    clean = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    given = torch.tensor([1, 1, 2, 2, 1, 2, 0, 0])                 # rows 0, 3 and 7 wrong
+    # changes: row 0 -> 0 (right), row 3 -> 1 (still wrong), row 3 -> 0 (right), row 4 -> 2 (breaks a right label)
+    records = {"index": torch.tensor([0, 3, 3, 4]), "old": torch.tensor([1, 2, 1, 1]),
+               "new": torch.tensor([0, 1, 0, 2]), "clean": torch.tensor([0, 0, 0, 1]), "epoch": torch.zeros(4)}
+    final = torch.tensor([0, 1, 2, 0, 2, 2, 0, 0])
+    a = relabel_audit(records, given, final, clean)
+    assert a["relabeled"] == 4 and a["relabel_correct"] == 2 and a["relabel_precision"] == pytest.approx(0.5)
+    assert a["relabel_recall"] == pytest.approx(2 / 3)              # rows 0 and 3 end right, row 7 stays wrong
+    assert a["relabel_broken"] == 1 and a["noise_before"] == pytest.approx(3 / 8)
+    assert a["noise_after"] == pytest.approx(2 / 8)
+    none = relabel_audit({k: v[:0] for k, v in records.items()}, given, given, clean)
+    assert none["relabeled"] == 0 and math.isnan(none["relabel_precision"]) and none["relabel_recall"] == 0.0
+    real = relabel_audit({**records, "clean": torch.full((4,), -1)}, given, final, None)   # no clean labels
+    assert math.isnan(real["relabel_precision"]) and math.isnan(real["relabel_recall"])
+    assert math.isnan(real["noise_after"]) and real["relabeled"] == 4
 
 
 # ---- the warm start, the mapped learning-rate decay and the L_sup / queue counters ---------------------------------

@@ -59,7 +59,8 @@ from .cuem import class_similarity, cuem_relabel
 from .drm import RelabelLog
 
 __all__ = ["lambda_schedule", "paper_epoch", "scaled_momentum", "SCLNet", "SCLResult", "train_scl",
-           "query_embeddings", "evaluate_batch_size", "run_job", "rebuild", "load_shared_weights", "PAPER_EPOCHS"]
+           "query_embeddings", "evaluate_batch_size", "run_job", "relabel_audit", "rebuild", "load_shared_weights",
+           "PAPER_EPOCHS"]
 
 PAPER_EPOCHS = 100           # Sec. III-B: "trained for 100 epochs"
 _MOCO_LAG_SHARE = 1000 / 4800
@@ -393,13 +394,13 @@ def run_job(*, train: FERDataset, test: FERDataset, val: FERDataset | None = Non
     so `fernb.parallel.run_many` can run many of them side by side on a GPU.
 
     Returns a dict: accuracy, mean_class_accuracy, correct (per test image, uint8), predictions, confusion,
-    history, relabel (the `RelabelLog.precision_recall` frame), relabeled / relabel_correct / relabel_precision
-    over the whole run, noise_before / noise_after (against `train.clean_labels`, NaN without them), seconds; and on
-    request: state (the SCLNet state_dict: model, projections, queue) and labels (`keep_state`), similarity (S_cos of
-    every training image against the final queue, eval mode, for the u histograms and the theta curves;
-    `similarity_on_train`), embeddings (the trunk's pooled features r of the test images, `embed_test`),
-    batch_accuracy {(affinity mode, batch size): accuracy} (`batch_eval`, ARM models only), model_state (the
-    classifier's own state_dict, `keep_model_state`: a warm start for other runs).
+    history, relabel (the `RelabelLog.precision_recall` frame), the whole run's audit against `train.clean_labels`
+    (`relabel_audit`: relabeled, relabel_correct, relabel_precision, relabel_recall, relabel_broken, noise_before,
+    noise_after), seconds; and on request: state (the SCLNet state_dict: model, projections, queue) and labels
+    (`keep_state`), similarity (S_cos of every training image against the final queue, eval mode, for the u
+    histograms and the theta curves; `similarity_on_train`), embeddings (the trunk's pooled features r of the test
+    images, `embed_test`), batch_accuracy {(affinity mode, batch size): accuracy} (`batch_eval`, ARM models only),
+    model_state (the classifier's own state_dict, `keep_model_state`: a warm start for other runs).
 
     `init_state` starts the model from a classifier state_dict (a shared warm start) instead of random weights
     (`load_shared_weights`: ARM's pooling parameters may be absent from it, nothing else).
@@ -420,18 +421,7 @@ def run_job(*, train: FERDataset, test: FERDataset, val: FERDataset | None = Non
     out = {"accuracy": metrics["accuracy"], "mean_class_accuracy": metrics["mean_class_accuracy"],
            "correct": (metrics["predictions"] == truth).to(torch.uint8), "predictions": metrics["predictions"],
            "confusion": metrics["confusion"], "history": result.history, "relabel": result.relabel_stats()}
-    rec = result.log.tensors()
-    known = rec["clean"] >= 0
-    n_rel = int(rec["index"].numel())
-    n_ok = int((rec["new"][known] == rec["clean"][known]).sum())
-    out.update(relabeled=n_rel, relabel_correct=n_ok,
-               relabel_precision=n_ok / int(known.sum()) if int(known.sum()) else math.nan)
-    if train.clean_labels is not None:
-        clean = train.clean_labels.cpu()
-        out.update(noise_before=float((result.initial_labels != clean).float().mean()),
-                   noise_after=float((result.labels != clean).float().mean()))
-    else:
-        out.update(noise_before=math.nan, noise_after=math.nan)
+    out.update(relabel_audit(result.log.tensors(), result.initial_labels, result.labels, train.clean_labels))
     if similarity_on_train and hasattr(result.net, "queue"):
         _, z = query_embeddings(result.net, train, device=device)
         out["similarity"] = queue_similarity(z.to(device), result.net.queue.keys, result.net.queue.labels,
@@ -453,6 +443,33 @@ def run_job(*, train: FERDataset, test: FERDataset, val: FERDataset | None = Non
         out["labels"] = result.labels
     out["seconds"] = time.perf_counter() - t0
     return out
+
+
+def relabel_audit(records: dict, initial_labels: torch.Tensor, final_labels: torch.Tensor,
+                  clean_labels: torch.Tensor | None) -> dict:
+    """CUEM's label changes over a whole run against the clean labels (`records`: `RelabelLog.tensors()`).
+
+    relabeled: every change (a label changed twice counts twice); relabel_correct: changes whose new label is the
+    clean one; relabel_precision: correct / changes with a known clean label (NaN without any); relabel_recall: the
+    share of the training images whose given label was wrong that end the run with the right label;
+    relabel_broken: images whose given label was right and ends wrong; noise_before / noise_after: the share of
+    wrong labels as given / at the end. Recall, broken and noise are NaN without clean labels (recall also without
+    a wrong label)."""
+    known = records["clean"] >= 0
+    n_known = int(known.sum())
+    n_ok = int((records["new"][known] == records["clean"][known]).sum())
+    out = {"relabeled": int(records["index"].numel()), "relabel_correct": n_ok,
+           "relabel_precision": n_ok / n_known if n_known else math.nan}
+    if clean_labels is None:
+        return {**out, "relabel_recall": math.nan, "relabel_broken": math.nan, "noise_before": math.nan,
+                "noise_after": math.nan}
+    clean = clean_labels.reshape(-1).cpu().long()
+    wrong_before = initial_labels.reshape(-1).cpu().long() != clean
+    wrong_after = final_labels.reshape(-1).cpu().long() != clean
+    n_wrong = int(wrong_before.sum())
+    return {**out, "relabel_recall": int((wrong_before & ~wrong_after).sum()) / n_wrong if n_wrong else math.nan,
+            "relabel_broken": int((~wrong_before & wrong_after).sum()),
+            "noise_before": float(wrong_before.float().mean()), "noise_after": float(wrong_after.float().mean())}
 
 
 def load_shared_weights(model: nn.Module, state: dict) -> None:

@@ -6,14 +6,15 @@ The regime (what the cpu profile is sized for)
 * The paper fine-tunes an ImageNet-pretrained ResNet-18. Nothing downloads here, so each seed first trains a
   **shared warm start**: the ARM baseline with cross-entropy on that seed's given (noisy) labels, `warm_epochs` at
   a constant rate, once, checkpointed and loaded on a re-run. Every configuration of that seed continues from it for
-  `epochs` with its own components, exactly as Table II's rows continue from one pre-trained backbone. Measured on
-  the 2-core machine (resnet_mini_arm, 48 px, 3,000 images with 20 % annotator noise, seed 0): warm start 0.60; from
-  it, 5 epochs of the baseline 0.67 and of + SCL 0.67 (5-NN on the SCL features 0.55-0.57), where the same 5 epochs
-  from random weights leave every arm near 0.3.
+  `epochs` with its own components, exactly as Table II's rows continue from one pre-trained backbone. From random
+  weights the same few epochs leave every arm of the cpu profile near chance and no component can act; the
+  notebook's regime table (section 1) shows, per run, the warm start, the arms and the numbers that say whether
+  SCL and CUEM acted (5-NN, S_cos gap, full queue, relabels with their precision and recall).
 * The learning rate decays by the paper's 10 % per epoch *mapped onto the run like alpha* (per paper epoch of 100),
   so the run ends at 0.9^100 of the start rate, as the paper's does.
-* The queue holds 1,024 keys (paper: 8,192 of RAF-DB's 12,271 images), so it is full after 16 steps and L_sup reads
-  a full queue for most of the steps where lambda > beta (the table in section 3 counts them).
+* The queue holds the profile's `queue_size` keys (paper: 8,192 of RAF-DB's 12,271 images); a queue much smaller
+  than the training set is full after a few steps, so L_sup reads a full queue for most of the steps where
+  lambda > beta (section 3 counts them; `scl_acting` withholds the SCL verdicts when it does not).
 """
 from __future__ import annotations
 
@@ -43,6 +44,19 @@ PAPER = {"affectnet": {BASE: 59.45, CUEM: 60.21, SCL: 60.44, PROPOSED: 60.94},
 ARM_PAPER = {"rafdb": "Res18+ARM 92.05; no plain-pooling number", "affectnet": "Res18+ARM 59.45; no plain-pooling "
              "number", "ferplus": "Res18+ARM 87.50; no plain-pooling number"}
 FIG4_CLASSES = ("surprise", "disgust", "happiness", "neutral")
+
+
+MODELS = {"resnet_mini_arm": "ResNet-18 with one block per stage at half width (32-256 channels), output stride 16, "
+                              "ARM in place of pooling",
+          "resnet18_arm": "ResNet-18, ARM in place of pooling: the paper's backbone, without its ImageNet weights"}
+
+
+def model_text(P) -> str:
+    """The profile's model in words (the paper's is an ImageNet-pretrained ResNet-18 + ARM)."""
+    kw = ", ".join(f"{k}={v}" for k, v in dict(P.model_kwargs).items())
+    return (f"**Model of the {P.name} profile:** `{P.model}`{f' ({kw})' if kw else ''}: "
+            f"{MODELS.get(P.model, 'a fernb.models backbone')}, on {P.image_size} px faces, from a shared warm start "
+            f"(section 1). The paper: an ImageNet-pretrained ResNet-18 + ARM at 224 px.")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -228,7 +242,9 @@ def queue_share(history: dict) -> float:
 
 
 def regime_table(R, d, warm: dict) -> pd.DataFrame:
-    """One row per seed: the warm start, the arms, 5-NN of CE and SCL features, the S_cos gap, the queue, CUEM."""
+    """One row per seed: the warm start, the arms, 5-NN of CE and SCL features, the S_cos gap, the queue, and CUEM's
+    relabels in the proposed and the + CUEM runs with their precision (share of changes that are right) and recall
+    (share of the wrong given labels that end right), both against the clean labels (`scl.relabel_audit`)."""
     rows = {}
     for s in d.seeds:
         scl_run, prop = R[("table", SCL, s)], R[("table", PROPOSED, s)]
@@ -240,9 +256,12 @@ def regime_table(R, d, warm: dict) -> pd.DataFrame:
                    "5-NN, CE features": knn_accuracy(R[("table", BASE, s)]["embeddings"], y_test),
                    "5-NN, SCL features": knn_accuracy(scl_run["embeddings"], y_test),
                    "S_cos own class": gap["own"], "S_cos other classes": gap["other"],
-                   "L_sup steps with a full queue": queue_share(scl_run["history"]),
-                   "CUEM relabels (proposed)": prop["relabeled"], "relabel precision": prop["relabel_precision"],
-                   "CUEM relabels (+ CUEM)": R[("table", CUEM, s)]["relabeled"]}
+                   "L_sup steps with a full queue": queue_share(scl_run["history"])}
+        for tag, name in (("proposed", PROPOSED), ("+ CUEM", CUEM)):
+            run = R[("table", name, s)]
+            rows[s].update({f"CUEM relabels ({tag})": run["relabeled"],
+                            f"relabel precision ({tag})": run["relabel_precision"],
+                            f"relabel recall ({tag})": run["relabel_recall"]})
     t = pd.DataFrame(rows).T
     t.index.name = "seed"
     t["S_cos gap"] = t["S_cos own class"] - t["S_cos other classes"]
@@ -265,7 +284,17 @@ def scl_acting(t: pd.DataFrame) -> tuple[bool, str]:
     return not bad, "; ".join(bad)
 
 
-def regime_text(t: pd.DataFrame, K: int) -> str:
+def cuem_audit_text(t: pd.DataFrame, truth: str = "clean labels") -> str:
+    """CUEM's relabels, precision and recall in the proposed and the + CUEM runs (summed / averaged over seeds)."""
+    parts = []
+    for tag in ("proposed", "+ CUEM"):
+        prec, rec = t[f"relabel precision ({tag})"].mean(), t[f"relabel recall ({tag})"].mean()
+        parts.append(f"{int(t[f'CUEM relabels ({tag})'].sum())} relabels in the {tag} runs, precision {prec:.2f}, "
+                     f"recall {rec:.2f}")
+    return "; ".join(parts) + f" (against the {truth}; recall: the share of wrong given labels that end right)"
+
+
+def regime_text(t: pd.DataFrame, K: int, truth: str = "clean labels") -> str:
     m = t.mean()
     acting, why = scl_acting(t)
     idle_cuem = t.index[(t["CUEM relabels (proposed)"] == 0) | (t["CUEM relabels (+ CUEM)"] == 0)].tolist()
@@ -277,9 +306,7 @@ def regime_text(t: pd.DataFrame, K: int) -> str:
             f"others' ({m['S_cos own class']:.3f} vs {m['S_cos other classes']:.3f}; 0 would be a collapsed space); "
             f"L_sup read a full queue in {m['L_sup steps with a full queue']:.0%} of the steps it was on. "
             + ("**CUEM acts**" if not idle_cuem else f"**CUEM changed no label in seeds {idle_cuem}**")
-            + f": {int(t['CUEM relabels (proposed)'].sum())} relabels in the proposed runs "
-            f"({int(t['CUEM relabels (+ CUEM)'].sum())} in + CUEM), precision {m['relabel precision']:.2f} against "
-            f"the clean labels.")
+            + f": {cuem_audit_text(t, truth)}.")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -287,32 +314,87 @@ def regime_text(t: pd.DataFrame, K: int) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 def erosion_summary(last: torch.Tensor) -> dict:
     """Mean distance from the padding-free value of the last map's top row, bottom row, left and right columns and
-    interior (corners count in both their row and column)."""
+    interior. From a 3 x 3 map on, an edge is read without its two corners: a corner belongs to two edges, and an
+    eroded left column would otherwise lift the bottom row's mean through their shared corner. On a 2 x 2 map (no
+    interior, every cell a corner) the corners count in both their row and column."""
     m = torch.as_tensor(last, dtype=torch.float32)
     inner = m[1:-1, 1:-1]
-    return {"top row": float(m[0].mean()), "bottom row": float(m[-1].mean()), "left column": float(m[:, 0].mean()),
-            "right column": float(m[:, -1].mean()),
+    mid = slice(1, -1) if min(m.shape) >= 3 else slice(None)
+    return {"top row": float(m[0, mid].mean()), "bottom row": float(m[-1, mid].mean()),
+            "left column": float(m[mid, 0].mean()), "right column": float(m[mid, -1].mean()),
             "interior": float(inner.mean()) if inner.numel() else float("nan")}
 
 
-def erosion_text(summary: dict, side: int) -> str:
-    """The reading of `erosion_summary`: the edges eroded more than the interior (and at least half the worst), and
-    whether the erosion is one-sided (top and left above bottom and right by a third) or an even ring."""
-    edges = {k: v for k, v in summary.items() if k != "interior"}
-    worst, inner = max(edges.values()), summary["interior"]
-    eroded = [k for k, v in edges.items() if v >= 0.5 * worst and (np.isnan(inner) or v > inner)]
-    first, last = (summary["top row"] + summary["left column"]) / 2, (summary["bottom row"] + summary["right column"]) / 2
-    if first > 4 / 3 * last:
-        shape = ("one-sided: with stride-2 convolutions that pad one pixel on each side, the sampling grid starts on "
-                 "the top and left padding and may end inside the image on the bottom and right.")
-    elif last > 4 / 3 * first:
-        shape = "one-sided, toward the bottom and right."
+OPPOSITE = {"top row": "bottom row", "bottom row": "top row", "left column": "right column",
+            "right column": "left column"}
+EROSION_MARGIN, EROSION_FLOOR = 1 / 3, 0.02
+
+
+def clearly_above(a: float, b: float) -> bool:
+    """a exceeds b by a clear margin: by more than a third of b and by more than 0.02 (2 % of the padding-free
+    value). A NaN b (a map with no interior) is exceeded by anything."""
+    return bool(np.isnan(b) or a - b > max(EROSION_MARGIN * abs(b), EROSION_FLOOR))
+
+
+def eroded_edges(summary: dict) -> dict:
+    """Which edges of `erosion_summary` are eroded. "strongest": clearly above the interior and not clearly below
+    the opposite edge; "weaker": clearly above the interior but clearly below the opposite edge; "clear": the
+    rest. "shape": none (no edge clearly above the interior), ring (all four strongest), one-sided (no strongest
+    edge has an eroded opposite), or uneven (anything else)."""
+    inner = summary["interior"]
+    above = {e: clearly_above(summary[e], inner) for e in OPPOSITE}
+    strongest = [e for e in OPPOSITE if above[e] and not clearly_above(summary[OPPOSITE[e]], summary[e])]
+    weaker = [e for e in OPPOSITE if above[e] and e not in strongest]
+    clear = [e for e in OPPOSITE if not above[e]]
+    if not strongest:
+        shape = "none"
+    elif len(strongest) == 4:
+        shape = "ring"
+    elif all(not above[OPPOSITE[e]] for e in strongest):
+        shape = "one-sided"
     else:
-        shape = "an even ring around the map."
-    where = " and ".join(eroded) if eroded else "no edge (the interior is as far off as the border)"
-    return (f"On the {side} x {side} map that pooling reads, the cells furthest from their padding-free value lie "
-            f"along the **{where}** (" + ", ".join(f"{k} {v:.0%}" for k, v in summary.items())
-            + f"). The erosion is {shape}")
+        shape = "uneven"
+    return {"strongest": strongest, "weaker": weaker, "clear": clear, "shape": shape}
+
+
+def _edges(names: list) -> str:
+    return " and ".join(names)
+
+
+def erosion_text(summary: dict, side: int) -> str:
+    """The reading of `erosion_summary` from `eroded_edges`: names only the edges clearly further from their
+    padding-free value than the interior, says which opposite edge is clearly less eroded, and calls the erosion
+    one-sided only when the edges opposite the eroded ones are no further off than the interior."""
+    e = eroded_edges(summary)
+    values = ", ".join(f"{k} {v:.0%}" for k, v in summary.items()) + ("; edges without their corners" if side >= 3
+                                                                       else "")
+    head = f"On the {side} x {side} map that pooling reads"
+    if e["shape"] == "none":
+        return (f"{head}, no edge is clearly further from its padding-free value than the interior ({values}): no "
+                f"padding erosion to undo on this map.")
+    text = (f"{head}, the cells furthest from their padding-free value lie along the **{_edges(e['strongest'])}** "
+            f"({values}). ")
+    lonely = [k for k in e["strongest"] if OPPOSITE[k] not in e["strongest"]]
+    stride = ("; with stride-2 convolutions that pad one pixel on each side, the sampling grid starts on the top "
+              "and left padding and may end inside the image on the bottom and right"
+              if lonely and set(lonely) <= {"top row", "left column"} else "")
+    if e["shape"] == "ring":
+        return text + "All four edges are eroded alike: an even ring around the map."
+    if e["shape"] == "one-sided":
+        return (text + f"The erosion is one-sided: the {_edges([OPPOSITE[k] for k in e['strongest']])} "
+                f"{'is' if len(e['strongest']) == 1 else 'are'} no further off than the interior{stride}.")
+    parts = []
+    if e["weaker"]:
+        parts.append(f"the {_edges(e['weaker'])} {'is' if len(e['weaker']) == 1 else 'are'} also further off than "
+                     f"the interior, but clearly less than the opposite edge")
+    alike = [k for k in e["strongest"] if OPPOSITE[k] in e["strongest"]]
+    if alike:
+        parts.append(f"the {_edges(alike)} are eroded alike")
+    gone = [OPPOSITE[k] for k in lonely if OPPOSITE[k] in e["clear"]]
+    if gone:
+        parts.append(f"the {_edges(gone)} {'is' if len(gone) == 1 else 'are'} no further off than the interior")
+    return (text + f"The erosion is uneven, not one-sided: {'; '.join(parts)}. It is strongest on the "
+            f"{_edges(e['strongest'])}{stride}.")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -357,12 +439,89 @@ def class_gain(R, s, classes) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Section 7: Fig. 4's per-class differences and Grad-CAM's localisation, read against their intervals
+# ---------------------------------------------------------------------------------------------------------------
+FIG4_CLAIM = "the proposed model is more accurate on surprise, disgust, happiness and neutral (Fig. 4, RAF-DB)"
+
+
+def fig4_evidence(R, d) -> sc.Evidence:
+    """The scorecard's Fig. 4 comparison: mean per-class accuracy of the proposed model vs the baseline on the
+    paper's four classes (`class_gain`), paired over the seeds."""
+    gains = [class_gain(R, s, list(d.classes)) for s in d.seeds]
+    return sc.paired([g[0] for g in gains], [g[1] for g in gains], d.seeds, names=("proposed", "baseline"))
+
+
+def fig4_text(gain: pd.Series, ev: sc.Evidence, n_seeds: int) -> str:
+    """Fig. 4's reading: every class's difference (proposed - baseline, from the summed confusions), then the
+    scorecard's interval on the paper's four classes and whether it contains 0."""
+    diffs = ", ".join(f"{c} {v:+.3f}" for c, v in gain.items())
+    four = [c for c in FIG4_CLASSES if c in gain.index]
+    text = (f"Proposed minus baseline, per class (summed confusions of {n_seeds} seeds): {diffs} (the paper, "
+            f"RAF-DB: higher on surprise, disgust, happiness and neutral, level on the others). On the paper's "
+            f"{len(four)} classes ({', '.join(four)}) the mean per-class difference is **{ev.estimate:+.3f}**")
+    if np.isnan(ev.low):
+        return text + f" with no interval ({n_seeds} seed), so it is not resolved."
+    text += f" [{ev.low:+.3f}, {ev.high:+.3f}] over {n_seeds} seeds (the scorecard's row): "
+    if ev.low <= 0 <= ev.high:
+        return text + ("the interval contains 0, so the difference on these classes is not resolved at this "
+                       "number of seeds, and the signs of the per-class differences above are no evidence of a "
+                       "higher or lower accuracy.")
+    return text + f"the interval excludes 0: {'higher' if ev.low > 0 else 'lower'} on those classes on average."
+
+
+def localisation_text(cams: dict) -> str:
+    """Grad-CAM's localisation scores (`viz.gradcam_localisation`) read against 1.0 (no better than an even spread
+    over the face): each model's mean over the expressive faces with its 95 % t interval over faces, and the paired
+    difference of the last model minus the first on the faces both scored."""
+    if not cams:
+        return "Localisation needs SynthFER's masks."
+    parts, valid = [], {}
+    for name, c in cams.items():
+        v = np.asarray(c["scores"], dtype=float)
+        valid[name] = v
+        if np.isnan(v).all():
+            parts.append(f"{name}: no expressive face scored")
+            continue
+        m, low, high = sc.t_interval(v[~np.isnan(v)])
+        where = ("one face: no interval" if np.isnan(low) else
+                 f"{m:.2f} times an even spread's share on the expression's action-unit regions" if low > 1 else
+                 "less on the action-unit regions than an even spread" if high < 1 else
+                 "no better than an even spread (the interval contains 1.0)")
+        parts.append(f"{name}: localisation score **{m:.2f}** [{low:.2f}, {high:.2f}] over "
+                     f"{int((~np.isnan(v)).sum())} expressive test faces at {c['layer']} ({c['side']} x {c['side']}): "
+                     f"{where}")
+    text = "; ".join(parts) + " (1.0 = no better than an even spread over the face)."
+    (a, va), (b, vb) = list(valid.items())[0], list(valid.items())[-1]
+    both = ~np.isnan(va) & ~np.isnan(vb) if len(cams) == 2 else np.zeros(0, bool)
+    if both.any():
+        est, low, high = sc.t_interval(vb[both] - va[both])
+        text += (f" {b} minus {a} on the same faces: {est:+.2f} [{low:+.2f}, {high:+.2f}]"
+                 + (", not resolved." if np.isnan(low) or low <= 0 <= high else "."))
+    return text
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The scorecard, declared as data
 # ---------------------------------------------------------------------------------------------------------------
 def _paper_number(dataset: str, key, fallback="-"):
     if dataset in PAPER:
         return PAPER[dataset].get(key, fallback)
     return f"- (AffectNet: {PAPER['affectnet'][key]})" if key in PAPER["affectnet"] else fallback
+
+
+def _nanmean(values) -> float:
+    v = np.asarray(values, dtype=float)
+    return float(v[~np.isnan(v)].mean()) if (~np.isnan(v)).any() else float("nan")
+
+
+def audit_note(R, seeds, name: str, truth: str = "clean labels") -> str:
+    """The CUEM audit of run `name` over the seeds, for a scorecard note: relabels per seed, and the mean precision
+    and recall against `truth` (`scl.relabel_audit`)."""
+    runs = [R[("table", name, s)] for s in seeds]
+    made = {s: r["relabeled"] for s, r in zip(seeds, runs)}
+    prec, rec = (_nanmean([r[key] for r in runs]) for key in ("relabel_precision", "relabel_recall"))
+    return (f"{name}: {sum(made.values())} CUEM relabels (per seed {made}), precision {prec:.2f}, recall {rec:.2f} "
+            f"against the {truth}")
 
 
 def claims(card: sc.Scorecard, c: dict) -> None:
@@ -389,12 +548,14 @@ def claims(card: sc.Scorecard, c: dict) -> None:
                ARM_PAPER.get(ds, "- (Res18+ARM on RAF-DB: 92.05, no plain-pooling number)"),
                pair(BASE, PLAIN, ("ARM", "plain")), setup + "; each from its own warm start, trained the same way")
     note = f"CUEM label changes per seed (+ CUEM and proposed runs): {changes}"
+    audit = {name: audit_note(R, seeds, name, d.truth) for name in (CUEM, PROPOSED)}
     card.claim("CUEM improves the baseline (Table II)", _paper_number(ds, CUEM),
-               cuem_row(pair(CUEM, BASE, ("+CUEM", "baseline"))), note + "; + CUEM's projection head is untrained")
+               cuem_row(pair(CUEM, BASE, ("+CUEM", "baseline"))),
+               f"{audit[CUEM]}; + CUEM's projection head is untrained")
     card.claim("SCL improves the baseline (Table II)", _paper_number(ds, SCL),
                scl_row(pair(SCL, BASE, ("+SCL", "baseline"))), setup)
     card.claim("SCL + CUEM improves the baseline (Table II)", _paper_number(ds, PROPOSED),
-               pair(PROPOSED, BASE, ("proposed", "baseline")), note)
+               scl_row(cuem_row(pair(PROPOSED, BASE, ("proposed", "baseline")))), audit[PROPOSED])
     card.claim("SCL + CUEM beats SCL alone (Table II: together most)", _paper_number(ds, PROPOSED),
                cuem_row(pair(PROPOSED, SCL, ("proposed", "+SCL"))), note)
     card.claim("SCL + CUEM beats CUEM alone (Table II: together most)", _paper_number(ds, PROPOSED),
@@ -410,7 +571,7 @@ def claims(card: sc.Scorecard, c: dict) -> None:
     claim = f"CUEM relabels mostly correctly (share of changes {what} > 0.5)"
     if all(m > 0 for m in made):
         card.claim(claim, "- (assumed by Fig. 3)", sc.against(prec, 0.5, seeds, name="relabel precision"),
-                   f"{sum(made)} changes over {len(seeds)} seeds")
+                   f"{audit[PROPOSED]}; {audit[CUEM]}")
     else:
         card.claim(claim, "- (assumed by Fig. 3)",
                    sc.not_measurable(f"changes per seed: {made}", f"CUEM changed no label at θ = {params['theta']} "
@@ -423,7 +584,7 @@ def claims(card: sc.Scorecard, c: dict) -> None:
                           "noise after < noise before in every seed")
         else:
             ev = sc.paired(after, before, seeds, direction="<", names=("noise after", "noise before"))
-        card.claim("CUEM lowers the label noise of the training set", "-", ev)
+        card.claim("CUEM lowers the label noise of the training set", "-", ev, audit[PROPOSED])
         u_w, u_r = c["u_wrong"], c["u_right"]
         card.claim("u is larger for images whose given label is wrong (CUEM's premise, Fig. 3)", "-",
                    sc.bootstrap_groups(u_w, u_r, names=("u, wrong labels", "u, right labels"), run_seed=d.S0),
@@ -433,10 +594,7 @@ def claims(card: sc.Scorecard, c: dict) -> None:
                    "both continue from the same warm start, trained on the given labels")
     card.claim("SCL makes the trunk features more class-separable (5-NN accuracy; Sec. II-A)", "-",
                sc.paired(knn[SCL], knn[BASE], seeds, names=("+SCL", "baseline")))
-    gains = [class_gain(R, s, list(d.classes)) for s in seeds]
-    card.claim("the proposed model is more accurate on surprise, disgust, happiness and neutral (Fig. 4, RAF-DB)",
-               "higher on those 4", sc.paired([g[0] for g in gains], [g[1] for g in gains], seeds,
-                                              names=("proposed", "baseline")), "mean per-class accuracy of the 4")
+    card.claim(FIG4_CLAIM, "higher on those 4", fig4_evidence(R, d), "mean per-class accuracy of the 4")
     card.claim("ARM with the running affinity: one face at a time gives the batch-256 accuracy (our inference rule)",
                "-", sc.exact(c["same_running"], f"identical over {len(seeds)} seeds" if c["same_running"]
                              else "different", "test accuracy at batch 1 == at batch 256, every seed"))
@@ -451,16 +609,43 @@ def claims(card: sc.Scorecard, c: dict) -> None:
     card.metric("knn_scl", np.mean(knn[SCL]))
 
 
-def reading(counts: dict, n_claims: int, P, d, acc: dict, regime: pd.DataFrame, sim_acc: float, wall: float,
-            cpu: float) -> str:
-    """The 'reading this scorecard' paragraph, formatted from the run."""
+def resolution_text(claims: list, n_seeds: int) -> str:
+    """Which paired-seed comparisons of the scorecard were resolved (their 95 % interval excludes 0) and how wide
+    the others are: the seeds line of the reading, formatted from the card's rows."""
+    rows = [c for c in claims if c.get("kind") == "paired seeds" and None not in (c["interval"][0], c["interval"][1])]
+    head = f"{n_seeds} seeds, paired 95 % t intervals ({n_seeds - 1} degree{'s' if n_seeds != 2 else ''} of freedom)"
+    if not rows:
+        return head + ": no comparison has an interval."
+    resolved = [c for c in rows if c["interval"][0] > 0 or c["interval"][1] < 0]
+    open_ = [c for c in rows if c not in resolved]
+    fmt = lambda c: (f"{c['claim']} ({c['estimate']:+.3f} [{c['interval'][0]:+.3f}, {c['interval'][1]:+.3f}]"
+                     + (", verdict withheld" if c["verdict"] == "inconclusive" else "") + ")")
+    text = f"{head}. Of {len(rows)} paired comparisons, "
+    if resolved:
+        small = min(abs(c["estimate"]) for c in resolved)
+        text += (f"{len(resolved)} exclude{'s' if len(resolved) == 1 else ''} 0, the smallest at |difference| "
+                 f"{small:.3f}: " + "; ".join(fmt(c) for c in resolved) + ".")
+    else:
+        text += "none excludes 0."
+    if open_:
+        half = sorted((c["interval"][1] - c["interval"][0]) / 2 for c in open_)
+        which = f"The other {len(open_)}" if resolved else ("It" if len(open_) == 1 else f"All {len(open_)}")
+        text += (f" {which} contain{'s' if len(open_) == 1 else ''} 0, with half-width{'s' if len(open_) > 1 else ''} "
+                 f"{half[0]:.3f}{f' to {half[-1]:.3f}' if len(open_) > 1 else ''}: differences below "
+                 f"{'those' if len(open_) > 1 else 'that'} are not resolved at {n_seeds} seeds.")
+    return text
+
+
+def reading(claims: list, P, d, acc: dict, regime: pd.DataFrame, sim_acc: float, wall: float, cpu: float) -> str:
+    """The 'reading this scorecard' paragraph, formatted from the run and the card's rows (`Scorecard.claims`)."""
     m = regime.mean()
+    counts = {v: sum(c["verdict"] == v for c in claims) for v in sc.VERDICTS}
     verdict = "helps" if sim_acc > 1 - d.noise else "hurts"
     acting, why_not = scl_acting(regime)
     scl_line = ("the contrastive space separates classes in every seed, so the rows that need SCL carry verdicts."
                 if acting else f"SCL did not act ({why_not}), so the rows that need it keep their numbers but no "
                                "verdict.")
-    return f"""**Reading this scorecard** ({P.name} profile, {d.dataset}). Of the {n_claims} claims: holds
+    return f"""**Reading this scorecard** ({P.name} profile, {d.dataset}). Of the {len(claims)} claims: holds
 {counts['holds']}, does not hold {counts['does not hold']}, inconclusive {counts['inconclusive']}.
 
 - *Regime.* Every arm continues from a shared warm start (CE on the given labels, {P.warm_epochs} epochs; test
@@ -469,11 +654,10 @@ def reading(counts: dict, n_claims: int, P, d, acc: dict, regime: pd.DataFrame, 
 - *SCL.* 5-NN on the SCL features {m['5-NN, SCL features']:.3f}, S_cos gap {m['S_cos gap']:+.3f}, a full queue in
   {m['L_sup steps with a full queue']:.0%} of the L_sup steps: {scl_line}
 - *CUEM's regime.* argmax S_cos is right for {sim_acc:.1%} of the training images (seed {d.S0}, + SCL), the given
-  labels for {1 - d.noise:.0%}: the relabeling-**{verdict}** regime. CUEM made {int(regime['CUEM relabels (proposed)'].sum())}
-  changes in the proposed runs at precision {m['relabel precision']:.2f}; where a comparison needs CUEM and it
-  changed nothing in a seed, the verdict is withheld.
-- *Seeds.* {len(d.seeds)} seeds, paired 95 % t intervals ({len(d.seeds) - 1} degrees of freedom): differences of a
-  point or two cannot be resolved.
+  labels for {1 - d.noise:.0%}: the relabeling-**{verdict}** regime. During training CUEM made
+  {cuem_audit_text(regime, d.truth)}; where a comparison needs CUEM and it changed nothing in a seed, the
+  verdict is withheld.
+- *Seeds.* {resolution_text(claims, len(d.seeds))}
 - *Time.* {wall:.0f} s wall, {cpu:.0f} s CPU of the notebook's own process (worker processes not counted).
 """
 
@@ -502,6 +686,31 @@ def tsne_figure(R, d, knn: dict, n_points: int):
     return fig
 
 
+def theta_text(curves: dict, theta: float, level: float = 0.5) -> str:
+    """From the θ sweep (`cuem.relabel_curve` per noise level): the smallest θ at which the precision of the rule
+    first reaches `level`, or that it never does, for each noise level, beside the precision at the notebook's θ."""
+    parts = []
+    for name, f in curves.items():
+        f = f.sort_values("theta")
+        at = f.loc[np.isclose(f["theta"], theta), "precision"]
+        here = f"{float(at.iloc[0]):.2f}" if len(at) and not np.isnan(at.iloc[0]) else "no relabel"
+        hit = f[f["precision"] >= level]
+        if len(hit):
+            first = hit.iloc[0]
+            parts.append(f"{name}: first at θ = {first['theta']:.2f} ({int(first['relabeled'])} relabels; at "
+                         f"θ = {theta:g}: {here})")
+        elif f["noise_before"].iloc[0] == 0:
+            parts.append(f"{name}: never (no given label is wrong, so every change is a mistake)")
+        elif f["precision"].notna().any():
+            best = f.loc[f["precision"].idxmax()]
+            parts.append(f"{name}: never for θ in {f['theta'].min():g}-{f['theta'].max():g} (at most "
+                         f"{best['precision']:.2f}, at θ = {best['theta']:.2f}; at θ = {theta:g}: {here})")
+        else:
+            parts.append(f"{name}: never (no relabel at any θ swept)")
+    return (f"Where does the rule's precision first reach {level}? " + "; ".join(parts)
+            + f". The runs keep the paper's θ = {theta:g}.")
+
+
 def noise_runs(R, d) -> dict:
     """{noise rate: the + SCL run of seed S0 trained at that rate (no relabeling)}."""
     return {rate: R[("table", SCL, d.S0)] if rate == d.noise else R[("noise", rate, d.S0)] for rate in d.noise_sets}
@@ -527,13 +736,19 @@ def precision_points(R, d, curves: dict, theta: float) -> pd.DataFrame:
 
 
 def relabel_audit(R, d) -> pd.DataFrame:
-    """Per seed: CUEM's changes in the proposed run, their precision, and the label noise before and after."""
-    t = pd.DataFrame({s: {"relabeled": R[("table", PROPOSED, s)]["relabeled"],
-                          "right (vs clean)": R[("table", PROPOSED, s)]["relabel_correct"],
-                          "precision": R[("table", PROPOSED, s)]["relabel_precision"],
-                          "noise before": R[("table", PROPOSED, s)]["noise_before"],
-                          "noise after": R[("table", PROPOSED, s)]["noise_after"]} for s in d.seeds}).T
-    t.index.name = "seed"
+    """Per CUEM run (+ CUEM, proposed) and seed: the label changes made during training, how many are right, their
+    precision, the recall (share of the wrong given labels that end right), the right labels made wrong, and the
+    label noise before and after, against the clean labels (`scl.relabel_audit`)."""
+    rows = {}
+    for name in (CUEM, PROPOSED):
+        for s in d.seeds:
+            r = R[("table", name, s)]
+            rows[(name, s)] = {"relabeled": r["relabeled"], f"right (vs {d.truth})": r["relabel_correct"],
+                               "precision": r["relabel_precision"], "recall": r["relabel_recall"],
+                               "broken": r["relabel_broken"], "noise before": r["noise_before"],
+                               "noise after": r["noise_after"]}
+    t = pd.DataFrame(rows).T
+    t.index.names = ["run", "seed"]
     return t
 
 
