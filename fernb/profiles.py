@@ -183,8 +183,9 @@ NOTEBOOKS = {
     # alphas / betas are the Fig. 5 sweeps in the paper's units (epochs of 100, mapped onto `epochs`; the learning
     # rate's 10 % per epoch is mapped the same way); noise_levels: the theta curves (each with its own warm start);
     # noise_rate: SynthFER's injected noise (real data: 0, in the notebook); workers: processes of parallel.run_many.
-    # cpu, measured on the 2-core machine (seed 0): warm start 0.60 in 45 s; from it, 5 epochs of the baseline 0.67,
-    # + SCL 0.67 with 5-NN 0.55 on its features, 709 CUEM relabels (the same 5 epochs from random weights: ~0.3).
+    # cpu, measured on SynthFER v3 on the 2-core machine (seed 0): warm start 0.60 in 45 s; from it, 5 epochs of the
+    # baseline 0.67, + SCL 0.67 with 5-NN 0.55 on its features, 709 CUEM relabels (the same 5 epochs from random
+    # weights: ~0.3).
     # Whole notebook from empty checkpoints: 13.1 min wall (8 warm starts 3.6 min, 32 runs ~8 min; 2026-12-05).
     "03_scl_cuem_arm": {
         "smoke": dict(n_train=500, n_val=150, n_test=400, image_size=48, channels=1, model="resnet_mini_arm",
