@@ -2,6 +2,7 @@
 scorecard reads, the relabel outcomes a bootstrap resamples, and the paper's numbers by dataset. The training
 itself (SupCon, DRM, the AL loop) is tested in test_losses / test_drm / test_active and end to end by the notebook
 smoke run."""
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -81,7 +82,7 @@ def test_final_table_means_and_sample_std_over_seeds():
     assert table.loc["least_confidence", "labels read"] == 200
     assert table.loc["step-1 DRM model, no AL", "accuracy"] == pytest.approx(0.555)
     assert "control: step-1 SupCon + CE model, no AL" not in table.index     # that variant was not run
-    assert table.loc["upper bound: every pool label, one fit", "labels read"] == 1000
+    assert table.loc[fucle.EVERY_LABEL, "labels read"] == 1000
 
 
 def test_relabel_outcomes_expand_counts_to_decisions():
@@ -115,3 +116,52 @@ def test_seed_data_varies_with_the_seed_and_keeps_the_clean_labels():
     clean, _, _ = fucle.seed_data("synthfer", seed=0, noise_rate=0.0, **kw)
     assert torch.equal(clean.labels, clean.clean_labels)
     assert torch.equal(clean.clean_labels, pool0.clean_labels)           # same seed, same images and truth
+
+
+def test_final_table_names_the_every_label_fit_and_the_relabeling_off_step1_model():
+    results = _fake_results()
+    assert fucle.EVERY_LABEL in fucle.final_table(results).index
+    assert "upper bound: every pool label, one fit" not in fucle.final_table(results).index
+    assert fucle.NO_RELABEL_STEP1 not in fucle.final_table(results).index        # not run: no row
+    for r, acc in zip(results, (0.6, 0.7)):
+        r.step1.test_accuracy["drm_no_relabel"] = acc
+    table = fucle.final_table(results)
+    assert table.loc[fucle.NO_RELABEL_STEP1, "accuracy"] == pytest.approx(0.65)
+    assert table.loc[fucle.NO_RELABEL_STEP1, "reads pool in step 1"]
+
+
+def test_relabel_transitions_split_changes_by_what_they_do_to_the_error_count():
+    # per change (old -> new, clean): wrong->right, right->wrong, wrong->wrong twice, and one with no clean label
+    changes = {"old": torch.tensor([1, 2, 3, 4, 0]), "new": torch.tensor([2, 0, 5, 6, 1]),
+               "clean": torch.tensor([2, 2, 1, 1, -1])}
+    assert fucle.relabel_transitions(changes) == {"wrong_to_right": 1, "right_to_wrong": 1, "wrong_to_wrong": 2}
+    # precision 1/3 (< 0.5), yet the error count falls: the two changes that are not right hit wrong labels
+    clean = torch.tensor([0, 0, 0, 3, 3])
+    before = torch.tensor([1, 1, 1, 3, 3])                            # 3 of 5 wrong
+    after = torch.tensor([0, 4, 5, 3, 3])                             # index 0 fixed, 1 and 2 moved wrong -> wrong
+    m = fucle.relabel_transitions({"old": before[:3], "new": after[:3], "clean": clean[:3]})
+    assert m == {"wrong_to_right": 1, "right_to_wrong": 0, "wrong_to_wrong": 2}
+    delta = fucle.noise_rate(after, clean) - fucle.noise_rate(before, clean)
+    assert delta == pytest.approx((m["right_to_wrong"] - m["wrong_to_right"]) / len(clean)) and delta < 0
+    assert math.isnan(fucle.noise_rate(before, None))
+
+
+def test_drm_sweep_records_the_label_noise_before_and_after(tmp_path):
+    from fernb import models
+    pool, val, test = fucle.seed_data("synthfer", seed=0, n_pool=64, n_val=16, n_test=16, size=48, channels=1,
+                                      noise_rate=0.4, noise_kind="symmetric")
+    torch.manual_seed(0)
+    path = fucle.save_weights(models.create("resnet_mini", 7, in_chans=1, img_size=48), tmp_path / "supcon.pt")
+    result = SimpleNamespace(seed=0, step1=SimpleNamespace(checkpoints={"supcon": path}))
+    kw = dict(val=val, test=test, model_name="resnet_mini", drm_epochs=2, batch_size=32, lr=1e-2,
+              drm_kwargs={"relabel_start_epoch": 0})
+    rows = fucle.drm_sweep(result, pool, param="delta2", values=[0.0, 0.99], **kw)
+    given = float((pool.labels != pool.clean_labels).float().mean())
+    assert rows["noise_before"].tolist() == pytest.approx([given, given])
+    for _, row in rows.iterrows():      # each change moves the error count by at most one
+        assert abs(row["noise_after"] - row["noise_before"]) <= row["relabeled"] / len(pool) + 1e-9
+    assert rows["relabeled"].iloc[0] > 0                               # δ2 = 0: a random model relabels freely
+    assert rows["relabeled"].iloc[1] == 0 and rows["noise_after"].iloc[1] == rows["noise_before"].iloc[1]
+    unknown = dataclasses.replace(pool, clean_labels=None)
+    assert rows.columns.tolist()[-2:] == ["noise_before", "noise_after"]
+    assert fucle.drm_sweep(result, unknown, param="delta1", values=[0.1], **kw)["noise_after"].isna().all()

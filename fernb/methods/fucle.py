@@ -12,7 +12,9 @@ the active-learning baselines never see. So one seed of `run_seed` trains, besid
 * step-1 controls on the same SupCon backbone: plain cross-entropy fine-tuning for the DRM's epochs (no DRM), and
   the DRM with relabeling off; each then starts the same least-confidence loop (`ARMS`);
 * a label-free control: NT-Xent (SimCLR) pre-training + least confidence;
-* the step-1 models evaluated with no active learning at all, and an upper bound trained on every pool label.
+* the step-1 models evaluated with no active learning at all, and one fit on every pool label for as many optimizer
+  steps as FUCLE's step 1 and AL fits together (`EVERY_LABEL`; not necessarily an upper bound: it is one fit at a
+  fixed budget, and other arms that read every label may score above it).
 
 Every arm records the labels it read (step 1 + active learning), so curves can be compared at equal label reads.
 """
@@ -36,10 +38,10 @@ from . import active
 from .drm import DRMResult, train_drm
 from .pretrain import contrastive_pretrain
 
-__all__ = ["Arm", "ARMS", "FUCLE", "arms_for", "Step1", "step1", "SeedResult", "run_seed", "final_table",
-           "curves_frame", "per_seed", "aulc", "relabel_frame", "drm_sweep", "al_sweep", "scale_run", "seed_data",
-           "paper_number", "paper_pair", "relabel_outcomes", "peak_mb", "model_factory", "final_model",
-           "save_weights"]
+__all__ = ["Arm", "ARMS", "FUCLE", "EVERY_LABEL", "NO_RELABEL_STEP1", "arms_for", "Step1", "step1", "SeedResult",
+           "run_seed", "final_table", "curves_frame", "per_seed", "aulc", "relabel_frame", "drm_sweep", "al_sweep",
+           "scale_run", "seed_data", "paper_number", "paper_pair", "relabel_outcomes", "relabel_transitions",
+           "noise_rate", "peak_mb", "model_factory", "final_model", "save_weights"]
 
 
 def model_factory(name: str, num_classes: int, in_chans: int, img_size: int,
@@ -181,6 +183,8 @@ class Arm:
 
 
 FUCLE = "FUCLE (SupCon + DRM + LC)"
+EVERY_LABEL = "every pool label, one fit at FUCLE's steps"     # the Table 2 row of `SeedResult.full_pool_accuracy`
+NO_RELABEL_STEP1 = "control: step-1 SupCon + DRM, relabeling off, no AL"
 ARMS = {
     "SupCon + LC": Arm("supcon"),
     FUCLE: Arm("drm", labels="drm"),
@@ -215,7 +219,7 @@ class SeedResult:
     step1: Step1
     al: dict                       # arm name -> active.ALResult
     arms: dict                     # arm name -> Arm
-    full_pool_accuracy: float      # upper bound: every pool label read, one fit of `full_steps` steps
+    full_pool_accuracy: float      # every pool label read, one fit of `full_steps` steps (`EVERY_LABEL`)
     noise_before: float            # label noise of the pool (against the clean labels, if known)
     noise_after: float             # after the DRM's relabeling
     relabel_precision: float       # share of the DRM's label changes that are correct
@@ -243,6 +247,27 @@ def relabel_outcomes(frame: pd.DataFrame, last_epoch: bool = False) -> np.ndarra
         f = f.iloc[-1:]
     correct, total = int(f["correct"].sum()), int(f["relabeled"].sum())
     return np.repeat([1.0, 0.0], [correct, total - correct])
+
+
+def relabel_transitions(changes: dict) -> dict:
+    """Every label change of a `RelabelLog.tensors()` record by what it did to a label's correctness (changes whose
+    clean label is unknown, -1, are left out): wrong_to_right (removes an error), right_to_wrong (adds one) and
+    wrong_to_wrong (moves a wrong label to another wrong class: no change in the error count). Precision is
+    wrong_to_right / all three, and the pool's error count moves by right_to_wrong - wrong_to_right, so precision
+    under 0.5 still lowers the noise whenever wrong_to_right > right_to_wrong."""
+    known = changes["clean"] >= 0
+    old, new, clean = changes["old"][known], changes["new"][known], changes["clean"][known]
+    old_right, new_right = old == clean, new == clean
+    return {"wrong_to_right": int((~old_right & new_right).sum()),
+            "right_to_wrong": int((old_right & ~new_right).sum()),
+            "wrong_to_wrong": int((~old_right & ~new_right).sum())}
+
+
+def noise_rate(labels: torch.Tensor, clean_labels: torch.Tensor | None) -> float:
+    """Share of `labels` that differ from `clean_labels` (NaN when the clean labels are unknown)."""
+    if clean_labels is None:
+        return math.nan
+    return float((labels.cpu() != clean_labels.cpu()).float().mean())
 
 
 def relabel_frame(drm: DRMResult) -> pd.DataFrame:
@@ -390,7 +415,7 @@ def final_table(results: list[SeedResult]) -> pd.DataFrame:
                      "reads pool in step 1": first.arms[name].reads_pool_in_step1,
                      "AL seconds": np.mean(per_seed(ran, name, "seconds"))})
     extra = [("step-1 DRM model, no AL", "step1:drm"), ("control: step-1 SupCon + CE model, no AL", "step1:ce"),
-             ("upper bound: every pool label, one fit", "full_pool")]
+             (NO_RELABEL_STEP1, "step1:drm_no_relabel"), (EVERY_LABEL, "full_pool")]
     for label, key in extra:
         if key.startswith("step1:") and key.split(":")[1] not in first.step1.test_accuracy:
             continue
@@ -424,7 +449,9 @@ def drm_sweep(result: SeedResult, pool: FERDataset, *, val: FERDataset, test: FE
               ) -> pd.DataFrame:
     """Fig. 4: re-run the DRM stage of `result`'s seed from its SupCon checkpoint with one margin changed, and
     report the DRM model's test accuracy (the margins act only in step 1) with the number and precision of its
-    relabels. delta2 is held fixed (Eq. 7 off) while it is swept, so each point is the threshold it names."""
+    relabels and the pool's label noise before and after the run (NaN without clean labels): where noise_after
+    exceeds noise_before, relabeling hurt. delta2 is held fixed (Eq. 7 off) while it is swept, so each point is
+    the threshold it names."""
     device = engine.resolve_device(device)
     rows = []
     K, C, S = pool.num_classes, pool.channels, pool.image_size
@@ -441,7 +468,9 @@ def drm_sweep(result: SeedResult, pool: FERDataset, *, val: FERDataset, test: FE
                      "accuracy": engine.evaluate(net, test, device=device)["accuracy"],
                      "relabeled": int(len(changes["new"])),
                      "precision": float((changes["new"][known] == changes["clean"][known]).float().mean())
-                     if bool(known.any()) else math.nan})
+                     if bool(known.any()) else math.nan,
+                     "noise_before": noise_rate(res.initial_labels, pool.clean_labels),
+                     "noise_after": noise_rate(res.labels, pool.clean_labels)})
     return pd.DataFrame(rows)
 
 
