@@ -261,3 +261,15 @@ def test_scorecard_text_counts_the_rows_that_are_not_measurable():
                             regime, {**regime, "above_labels": True}, card.claims)
     assert "Holds: 1" in text and "inconclusive: 1 (1 of them not measurable here" in text
     assert "The regime decides" not in text
+
+
+def test_drm_text_reports_no_precision_when_nothing_changed():
+    audit = pd.DataFrame({"relabels": [571.0, 600.0], "relabel precision": [0.45, 0.47], "noise before": [0.3, 0.3],
+                          "noise after": [0.29, 0.28], "P(α_noisy < α_clean)": [0.51, 0.52],
+                          "DRM val accuracy": [0.64, 0.65], "label accuracy": [0.7, 0.7]})
+    text = X.drm_text(audit, 2)
+    assert "changed 586 labels per pool with precision 0.46, moving the label noise from 0.300 to 0.285" in text
+    idle = audit.assign(relabels=0.0, **{"relabel precision": 1.0, "noise after": 0.3})
+    text = X.drm_text(idle, 2)
+    assert "changed no label (no precision to measure), leaving the label noise at 0.300;" in text
+    assert "precision 1.00" not in text

@@ -1002,13 +1002,19 @@ def drm_audit(results, pool, truth: str):
         ax.legend(fontsize=7)
     fig.tight_layout()
     audit = regime_table(results, float(np.mean([r.noise_before for r in results])))
-    text = (f"**Takeaway.** Over {len(results)} seeds the DRM changed {audit['relabels'].mean():.0f} labels per "
-            f"pool with precision {audit['relabel precision'].mean():.2f}, moving the label noise from "
-            f"{audit['noise before'].mean():.3f} to {audit['noise after'].mean():.3f}; α ranks a wrongly labeled "
+    return fig, audit, drm_text(audit, len(results))
+
+
+def drm_text(audit: pd.DataFrame, n_seeds: int) -> str:
+    """drm_audit's takeaway from its per-seed table (a DRM that changed no label has no precision to report)."""
+    changed, before, after = audit["relabels"].mean(), audit["noise before"].mean(), audit["noise after"].mean()
+    what = (f"changed {changed:.0f} labels per pool with precision {audit['relabel precision'].mean():.2f}, moving "
+            f"the label noise from {before:.3f} to {after:.3f}" if changed > 0 else
+            f"changed no label (no precision to measure), leaving the label noise at {before:.3f}")
+    return (f"**Takeaway.** Over {n_seeds} seeds the DRM {what}; α ranks a wrongly labeled "
             f"image below a correctly labeled one with probability {audit['P(α_noisy < α_clean)'].mean():.2f} "
             f"(0.5 = no signal). The DRM model's validation accuracy is {audit['DRM val accuracy'].mean():.2f}, "
             f"against {audit['label accuracy'].mean():.2f} for the labels it corrects (section 3).")
-    return fig, audit, text
 
 
 def sweep_figures(sweep: pd.DataFrame, sweep_a: pd.DataFrame, sweep_b: pd.DataFrame, off: dict, truth: str,
