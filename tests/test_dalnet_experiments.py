@@ -94,6 +94,9 @@ def test_transfer_takeaway_reads_the_numbers_both_ways():
     kept = X.transfer_takeaway(_frame(0.60, 0.62, 0.70), [0, 1, 2], 0, sources, 3,
                                probe={"face-recognition source": 0.58, "random weights": 0.52})
     assert "does not explain" in kept and "discard what" not in kept
+    same = X.transfer_takeaway(_frame(0.60, 0.62, 0.70), [0, 1, 2], 0, sources, 3,
+                               probe={"face-recognition source": 0.260, "random weights": 0.2595})
+    assert "0.260 from the source's and 0.260" in same and "added none" in same and "keep more" not in same
 
 
 def test_expression_probe_reads_a_face_recognition_feature_space_and_random_weights():
